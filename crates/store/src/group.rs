@@ -1,0 +1,118 @@
+//! Group commit: concurrent appends queue up and a few writer tasks each take whatever has
+//! queued, plan it as one transaction and commit once. One fsync then covers many callers,
+//! which is what lets single-event appends beat one-row-per-transaction inserts.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use switchyard_events::NewEvent;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::{
+    Error, Result,
+    append::{self, Appended, Key},
+    error::is_append_race,
+};
+
+/// One caller's append, waiting for its turn.
+pub(crate) struct Job {
+    pub(crate) events: Vec<NewEvent>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Appended>>>,
+}
+
+/// How often a group is retried after losing a race to a concurrent writer before its callers
+/// get [`Error::ConcurrentWrite`]. Each retry re-reads the store, so one writer always wins.
+const MAX_ATTEMPTS: usize = 10;
+
+pub(crate) async fn run_writer(
+    pool: PgPool,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max_group_events: usize,
+) {
+    loop {
+        let jobs = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return; // every EventStore handle is gone
+            };
+            let mut count = first.events.len();
+            let mut jobs = vec![first];
+            while count < max_group_events {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        count += job.events.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        commit_group(&pool, jobs).await;
+    }
+}
+
+#[tracing::instrument(name = "store.append", skip_all, fields(jobs = jobs.len()))]
+async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
+    let mut attempt = 0;
+    while !jobs.is_empty() {
+        // Drop callers that gave up waiting, then keep the jobs whose keys do not repeat an
+        // earlier job's; the others wait for the next round, where they see that one committed.
+        jobs.retain(|job| !job.reply.is_closed());
+        let (now, later) = split_repeated_keys(jobs);
+        jobs = later;
+        if now.is_empty() {
+            continue;
+        }
+        match try_commit(pool, &now).await {
+            Ok(results) => {
+                attempt = 0;
+                for (job, result) in now.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) if is_append_race(&e) && attempt + 1 < MAX_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(attempt, "append raced a concurrent writer; retrying the group");
+                tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
+                let mut retry = now;
+                retry.append(&mut jobs);
+                jobs = retry;
+            }
+            Err(e) => {
+                let error = if is_append_race(&e) {
+                    Error::ConcurrentWrite
+                } else {
+                    tracing::warn!(error = %e, "group append failed");
+                    Error::from(e)
+                };
+                for job in now {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn try_commit(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Result<Vec<Appended>>>, sqlx::Error> {
+    let batches: Vec<&[NewEvent]> = jobs.iter().map(|job| job.events.as_slice()).collect();
+    let mut tx = pool.begin().await?;
+    let results = append::write(&mut tx, &batches).await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+fn split_repeated_keys(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
+    let mut seen: HashSet<Key> = HashSet::new();
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for job in jobs {
+        let keys: Vec<Key> = job.events.iter().map(append::key).collect();
+        if keys.iter().any(|k| seen.contains(k)) {
+            later.push(job);
+        } else {
+            seen.extend(keys);
+            now.push(job);
+        }
+    }
+    (now, later)
+}

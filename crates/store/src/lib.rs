@@ -1,0 +1,139 @@
+//! The PostgreSQL event store: the single source of truth of Switchyard.
+//!
+//! It owns these invariants:
+//! - **one path in**: every event is validated against the catalog, then appended in one
+//!   transaction ([`EventStore::append`], or [`EventStore::append_in`] inside a caller's
+//!   transaction); the table refuses UPDATE, DELETE and TRUNCATE itself;
+//! - **optimistic concurrency**: each event may state the stream version it expects, and a
+//!   mismatch is a typed [`Error::Conflict`];
+//! - **lifetime idempotency**: `(workspace, source, id)` is unique; appending it again
+//!   appends nothing and returns the original position, also when two appends race;
+//! - **gap-free global order**: [`EventStore::read_all`] returns events ordered by
+//!   `(transaction_id, position)` and only from transactions older than the oldest one still
+//!   running (`pg_snapshot_xmin`), so a reader following the cursor never skips an event that
+//!   commits late, without timeouts or writer locks.
+//!
+//! Concurrent appends share commits (group commit): see [`StoreConfig::writers`].
+
+mod append;
+mod error;
+mod group;
+mod read;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use switchyard_events::{Catalog, NewEvent};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+pub use append::Appended;
+pub use error::{Error, Result};
+pub use read::{Page, ReadFilter};
+
+/// The schema migrations of the store (and of every table Switchyard owns).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Tuning of the event store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Writer tasks that commit queued appends, each on its own connection. Two let one group
+    /// be planned while the other commits.
+    pub writers: usize,
+    /// Most events one group commit takes from the queue.
+    pub max_group_events: usize,
+    /// Most events one append (one HTTP batch) may hold.
+    pub max_batch_events: usize,
+    /// Appends that may wait in the queue before callers wait to enqueue.
+    pub queue_depth: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            writers: 2,
+            max_group_events: 2_000,
+            max_batch_events: 1_000,
+            queue_depth: 4_096,
+        }
+    }
+}
+
+/// Handle to the event store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    queue: mpsc::Sender<group::Job>,
+    max_batch_events: usize,
+}
+
+impl EventStore {
+    /// A store over `pool` (already migrated), validating with `catalog`. Spawns the group
+    /// commit writers on the current Tokio runtime; they stop when the last handle is dropped.
+    pub fn new(pool: PgPool, catalog: Arc<Catalog>, config: &StoreConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..config.writers.max(1) {
+            tokio::spawn(group::run_writer(
+                pool.clone(),
+                Arc::clone(&rx),
+                config.max_group_events.max(1),
+            ));
+        }
+        Self {
+            pool,
+            catalog,
+            queue: tx,
+            max_batch_events: config.max_batch_events,
+        }
+    }
+
+    /// The connection pool, for health checks and for callers that run their own transaction
+    /// around [`EventStore::append_in`].
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The catalog events are validated against.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Appends a batch atomically: every new event is written or none is. Events whose
+    /// `(workspace, source, id)` is already stored are reported as duplicates (with the
+    /// original position) and written again never. Concurrent calls share commits.
+    #[tracing::instrument(name = "store.append", skip_all, fields(events = events.len()))]
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        append::validate(&self.catalog, &events, self.max_batch_events)?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(group::Job { events, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Appends a batch inside the caller's transaction, so that the events commit together
+    /// with the caller's own writes (an agent's "handled" record, a projection's checkpoint).
+    ///
+    /// On [`Error::ConcurrentWrite`] the transaction is aborted: roll it back and retry.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>> {
+        append::validate(&self.catalog, &events, self.max_batch_events)?;
+        let mut results = append::write(conn, &[events.as_slice()])
+            .await
+            .map_err(|e| {
+                if error::is_append_race(&e) {
+                    Error::ConcurrentWrite
+                } else {
+                    Error::from(e)
+                }
+            })?;
+        results.pop().unwrap_or(Err(Error::Closed))
+    }
+}

@@ -1,0 +1,186 @@
+//! Reading: one stream in version order, or everything in the gap-free global order.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use switchyard_events::{
+    Cursor, EventId, EventType, InvalidId, RecordedEvent, Source, StreamId, Workspace,
+};
+
+use sqlx::{FromRow, Row, postgres::PgRow};
+
+use crate::{Error, EventStore, Result};
+
+/// Which events a global read returns. Filters never change the order or the cursor's meaning.
+#[derive(Debug, Clone, Default)]
+pub struct ReadFilter {
+    /// Only this workspace's events.
+    pub workspace: Option<Workspace>,
+    /// Only events of this type.
+    pub ty: Option<EventType>,
+}
+
+/// A page of a global read.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The events, in global order.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next read starts. It moves past events the filter skipped, and past the
+    /// whole visible store when the page is not full, so a filtered reader does not rescan.
+    pub next: Cursor,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    tx: i64,
+    workspace: String,
+    stream_id: String,
+    stream_version: i64,
+    id: String,
+    source: String,
+    #[sqlx(rename = "type")]
+    ty: String,
+    time: DateTime<Utc>,
+    data: Value,
+    correlation_id: String,
+    causation_id: Option<String>,
+    traceparent: Option<String>,
+    extensions: Option<Value>,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for RecordedEvent {
+    type Error = Error;
+
+    fn try_from(row: EventRow) -> Result<Self> {
+        let position = row.position;
+        let corrupt = |source: InvalidId| Error::Corrupt { position, source };
+        let extensions = match row.extensions {
+            Some(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        Ok(RecordedEvent {
+            position,
+            cursor: Cursor {
+                transaction: u64::try_from(row.tx).unwrap_or_default(),
+                position,
+            },
+            stream_version: u64::try_from(row.stream_version).unwrap_or_default(),
+            id: EventId::parse(&row.id).map_err(corrupt)?,
+            source: Source::parse(&row.source).map_err(corrupt)?,
+            ty: EventType::parse(&row.ty).map_err(corrupt)?,
+            workspace: Workspace::parse(&row.workspace).map_err(corrupt)?,
+            stream: StreamId::parse(&row.stream_id).map_err(corrupt)?,
+            time: row.time,
+            data: row.data,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+            traceparent: row.traceparent,
+            extensions,
+            recorded_at: row.recorded_at,
+        })
+    }
+}
+
+/// The columns of an [`EventRow`], for `SELECT`.
+macro_rules! event_columns {
+    ($alias:literal) => {
+        concat!(
+            $alias, "position, ", $alias, "transaction_id::text::int8 AS tx, ",
+            $alias, "workspace, ", $alias, "stream_id, ", $alias, "stream_version, ",
+            $alias, "id, ", $alias, "source, ", $alias, "type, ", $alias, "time, ",
+            $alias, "data, ", $alias, "correlation_id, ", $alias, "causation_id, ",
+            $alias, "traceparent, ", $alias, "extensions, ", $alias, "recorded_at"
+        )
+    };
+}
+
+impl EventStore {
+    /// Reads up to `limit` events after `after`, in global order. Only events of transactions
+    /// older than every transaction still running are returned, so nothing that commits later
+    /// can ever land behind the returned cursor.
+    #[tracing::instrument(name = "store.read_all", skip_all, fields(after = %after, limit))]
+    pub async fn read_all(&self, after: Cursor, filter: &ReadFilter, limit: u32) -> Result<Page> {
+        let rows: Vec<PgRow> = sqlx::query(concat!(
+            "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+             SELECT w.xmin::text::int8 AS watermark, e.*
+             FROM w LEFT JOIN LATERAL (
+                 SELECT ",
+            event_columns!(""),
+            " FROM events
+                 WHERE (transaction_id, position) > ($1::text::xid8, $2)
+                   AND transaction_id < w.xmin
+                   AND ($3::text IS NULL OR workspace = $3)
+                   AND ($4::text IS NULL OR type = $4)
+                 ORDER BY transaction_id, position
+                 LIMIT $5
+             ) e ON true"
+        ))
+        .bind(after.transaction.to_string())
+        .bind(after.position)
+        .bind(filter.workspace.as_ref().map(Workspace::as_str))
+        .bind(filter.ty.as_ref().map(EventType::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+
+        // The lateral join yields one row of NULL event columns when nothing is visible, so the
+        // watermark of this very snapshot always comes back.
+        let mut watermark = 0u64;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            watermark = u64::try_from(row.try_get::<i64, _>("watermark")?).unwrap_or_default();
+            if row.try_get::<Option<i64>, _>("position")?.is_some() {
+                events.push(RecordedEvent::try_from(EventRow::from_row(row)?)?);
+            }
+        }
+        let mut next = events.last().map_or(after, |e| e.cursor);
+        if events.len() < limit as usize && watermark > 0 {
+            // Everything below the watermark after `after` was scanned: skip past it.
+            let seen_all = Cursor {
+                transaction: watermark - 1,
+                position: i64::MAX,
+            };
+            next = next.max(seen_all);
+        }
+        Ok(Page { events, next })
+    }
+
+    /// Reads a stream's events with versions after `after_version` (0 = from the start), up
+    /// to `limit`, in version order.
+    pub async fn read_stream(
+        &self,
+        workspace: &Workspace,
+        stream: &StreamId,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(""),
+            " FROM events
+             WHERE workspace = $1 AND stream_id = $2 AND stream_version > $3
+             ORDER BY stream_version
+             LIMIT $4"
+        ))
+        .bind(workspace.as_str())
+        .bind(stream.as_str())
+        .bind(i64::try_from(after_version).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(RecordedEvent::try_from).collect()
+    }
+
+    /// The last version of a stream; 0 when it does not exist.
+    pub async fn stream_version(&self, workspace: &Workspace, stream: &StreamId) -> Result<u64> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT max(stream_version) FROM events WHERE workspace = $1 AND stream_id = $2",
+        )
+        .bind(workspace.as_str())
+        .bind(stream.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(version.and_then(|v| u64::try_from(v).ok()).unwrap_or_default())
+    }
+}

@@ -1,0 +1,227 @@
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use switchyard_events::{Cursor, ExpectedVersion};
+use switchyard_store::{Error, ReadFilter};
+
+use crate::{count, memory, read_n, store};
+
+/// Twenty identical appends at once, each through its own store (so in separate, racing
+/// transactions): one event is stored, and every caller is told its one position.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn racing_identical_appends_store_one_event(pool: PgPool) {
+    let event = memory("demo", "agent/a", "race");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store(&pool);
+        let event = event.clone();
+        tasks.push(tokio::spawn(async move { store.append(vec![event]).await }));
+    }
+    let mut positions = HashSet::new();
+    let mut originals = 0;
+    for task in tasks {
+        let appended = task.await.unwrap().unwrap();
+        positions.insert(appended[0].position);
+        originals += usize::from(!appended[0].duplicate);
+    }
+    assert_eq!(positions.len(), 1, "every caller sees the same position");
+    assert_eq!(originals, 1, "exactly one caller appended");
+    assert_eq!(count(&pool).await, 1);
+}
+
+/// Concurrent appends share commits, yet each keeps its own outcome: conflicting ones fail
+/// alone, the others land, and versions of a shared stream stay gap-free.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn grouped_appends_fail_alone(pool: PgPool) {
+    let store = store(&pool);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every tenth append insists on a fresh stream that already exists.
+            let expected = if i % 10 == 0 && i > 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Any
+            };
+            let stream = if expected == ExpectedVersion::NoStream { "agent/shared" } else { ["agent/shared", "agent/other"][i % 2] };
+            store
+                .append(vec![memory("demo", stream, &format!("k{i}")).expecting(expected)])
+                .await
+        }));
+    }
+    let (mut ok, mut conflicts) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Error::Conflict { .. }) => conflicts += 1,
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    // i = 0 may create agent/shared; 10, 20, … 190 must all conflict (the stream exists by
+    // then or is created by a sibling in the same group, which is checked in order).
+    assert!(conflicts >= 18, "conflicts: {conflicts}");
+    assert_eq!(ok + conflicts, 200);
+    assert_eq!(count(&pool).await, ok as i64);
+    let versions: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT stream_id, count(*), max(stream_version) FROM events GROUP BY stream_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (stream, n, max) in versions {
+        assert_eq!(n, max, "{stream}: versions 1..{max} without gaps");
+    }
+}
+
+/// A transaction that took its id first but commits last must be read first, and must hold
+/// back everything behind it until it commits.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_late_commit_is_never_skipped(pool: PgPool) {
+    let store = store(&pool);
+    let mut early = pool.begin().await.unwrap();
+    // Take a transaction id now, append later.
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *early).await.unwrap();
+
+    let quick = store.append(vec![memory("demo", "agent/quick", "q")]).await.unwrap();
+    store
+        .append_in(&mut early, vec![memory("demo", "agent/slow", "s")])
+        .await
+        .unwrap();
+
+    let page = store.read_all(Cursor::START, &ReadFilter::default(), 100).await.unwrap();
+    assert!(page.events.is_empty(), "the quick event waits behind the open transaction: {:?}", page.events.iter().map(|e| (e.cursor, e.stream.to_string())).collect::<Vec<_>>());
+    let cursor = page.next;
+
+    early.commit().await.unwrap();
+    let page = read_n(&store, cursor, &ReadFilter::default(), 2).await;
+    let streams: Vec<&str> = page.events.iter().map(|e| e.stream.as_str()).collect();
+    assert_eq!(streams, ["agent/slow", "agent/quick"], "ordered by transaction, not position");
+    assert!(page.events[0].position > quick[0].position, "the slow one has the larger position");
+}
+
+/// 16 writers append concurrently, through group commit and inside their own transactions
+/// (some held open for a second, some rolled back), while a reader follows the cursor. The
+/// reader sees every committed event exactly once, in order, and no rolled-back one.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_following_reader_sees_every_committed_event_once_in_order(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // Held-open and rolled-back transactions each keep a connection: more than the five of
+    // a test's default pool.
+    let pool = PgPoolOptions::new().max_connections(24).connect_with(connect).await.unwrap();
+    let store = store(&pool);
+    const WRITERS: usize = 16;
+    const ROUNDS: usize = 12;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut cursor = Cursor::START;
+            let mut seen = Vec::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let page = store.read_all(cursor, &ReadFilter::default(), 37).await.unwrap();
+                for event in &page.events {
+                    assert!(event.cursor > cursor, "cursors only move forward");
+                    cursor = event.cursor;
+                    seen.push((event.id.to_string(), event.stream.to_string(), event.stream_version));
+                }
+                assert!(page.next >= cursor);
+                cursor = page.next;
+                if finished && page.events.is_empty() {
+                    return seen;
+                }
+                if page.events.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        let pool = pool.clone();
+        writers.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            let mut rolled_back = Vec::new();
+            for round in 0..ROUNDS {
+                let stream = format!("writer/{w}");
+                let events: Vec<_> = (0..1 + (w + round) % 3)
+                    .map(|i| memory("demo", &stream, &format!("w{w}r{round}i{i}")))
+                    .collect();
+                let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+                match (w + round) % 4 {
+                    // Through group commit.
+                    0 | 1 => {
+                        store.append(events).await.unwrap();
+                        committed.extend(ids);
+                    }
+                    // In the writer's own transaction, held open before commit.
+                    2 => {
+                        let mut tx = pool.begin().await.unwrap();
+                        store.append_in(&mut tx, events).await.unwrap();
+                        let hold = if round % 3 == 0 { 1000 } else { 20 };
+                        tokio::time::sleep(Duration::from_millis(hold)).await;
+                        tx.commit().await.unwrap();
+                        committed.extend(ids);
+                    }
+                    // In the writer's own transaction, rolled back.
+                    _ => {
+                        let mut tx = pool.begin().await.unwrap();
+                        store.append_in(&mut tx, events).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        tx.rollback().await.unwrap();
+                        rolled_back.extend(ids);
+                    }
+                }
+            }
+            (committed, rolled_back)
+        }));
+    }
+
+    let mut committed = HashSet::new();
+    let mut rolled_back = HashSet::new();
+    for writer in writers {
+        let (c, r) = writer.await.unwrap();
+        committed.extend(c);
+        rolled_back.extend(r);
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+
+    let seen_ids: Vec<&String> = seen.iter().map(|(id, _, _)| id).collect();
+    let unique: HashSet<&String> = seen_ids.iter().copied().collect();
+    assert_eq!(unique.len(), seen_ids.len(), "no event seen twice");
+    assert!(!rolled_back.is_empty() && committed.len() > 100);
+    for id in &committed {
+        assert!(unique.contains(id), "committed event {id} was never seen");
+    }
+    for id in &rolled_back {
+        assert!(!unique.contains(id), "rolled-back event {id} was seen");
+    }
+    assert_eq!(unique.len(), committed.len());
+    // Each stream's events arrive in version order, without gaps.
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, stream, version) in &seen {
+        let previous = last.insert(stream, *version).unwrap_or(0);
+        assert_eq!(*version, previous + 1, "{stream}");
+    }
+    let per_stream: HashMap<&str, u64> = last.into_iter().collect();
+    assert_eq!(per_stream.len(), WRITERS);
+    pool.close().await;
+}
