@@ -4,7 +4,8 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let dir = manifest.join("../../events");
     println!("cargo:rerun-if-changed={}", dir.display());
 
@@ -12,18 +13,28 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot read the schema catalog {}: {e}", dir.display()))
         .filter_map(|entry| {
             let path = entry.expect("readable catalog entry").path();
-            let name = path.file_name()?.to_str()?.strip_suffix(".json")?.to_owned();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".json")?
+                .to_owned();
             Some((name, path.canonicalize().expect("canonical schema path")))
         })
         .collect();
     entries.sort();
 
-    let mut out = String::from("/// `(event type, JSON Schema text)` for every file in `events/`.\npub(crate) const BUILTIN_SCHEMAS: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// `(event type, JSON Schema text)` for every file in `events/`.\npub(crate) const BUILTIN_SCHEMAS: &[(&str, &str)] = &[\n",
+    );
     for (name, path) in &entries {
         println!("cargo:rerun-if-changed={}", path.display());
-        out.push_str(&format!("    ({name:?}, include_str!({:?})),\n", path.display().to_string()));
+        out.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     out.push_str("];\n");
-    let target = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin_schemas.rs");
+    let target = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("builtin_schemas.rs");
     fs::write(target, out).expect("write builtin_schemas.rs");
 }

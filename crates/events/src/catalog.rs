@@ -86,7 +86,11 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        let at = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
         write!(f, "at {at}: {}", self.message)
     }
 }
@@ -137,7 +141,9 @@ pub enum CatalogError {
         reason: String,
     },
     /// A run-time schema would replace a built-in one.
-    #[error("{path} would replace the built-in schema of {ty}; publish a new version (.v2) instead")]
+    #[error(
+        "{path} would replace the built-in schema of {ty}; publish a new version (.v2) instead"
+    )]
     Shadowed {
         /// The file.
         path: PathBuf,
@@ -354,7 +360,10 @@ mod tests {
         let doc = include_str!("../../../docs/events.md");
         for schema in Catalog::builtin().unwrap().iter() {
             let ty = schema.event_type().as_str();
-            assert!(doc.contains(&format!("`{ty}`")), "docs/events.md does not list {ty}");
+            assert!(
+                doc.contains(&format!("`{ty}`")),
+                "docs/events.md does not list {ty}"
+            );
         }
     }
 
@@ -364,11 +373,15 @@ mod tests {
         let ty = EventType::parse("proposal.approved.v1").unwrap();
         let mut data = catalog.get(ty.as_str()).unwrap().document()["examples"][0].clone();
         data["content_hash"] = json!(42);
-        let DataError::Invalid { violations, .. } = catalog.validate(&ty, &data).unwrap_err() else {
+        let DataError::Invalid { violations, .. } = catalog.validate(&ty, &data).unwrap_err()
+        else {
             panic!("expected a schema violation");
         };
         assert_eq!(violations[0].pointer, "/content_hash");
-        assert!(!violations[0].message.contains("42"), "values are not echoed");
+        assert!(
+            !violations[0].message.contains("42"),
+            "values are not echoed"
+        );
     }
 
     #[test]
@@ -395,7 +408,10 @@ mod tests {
         let ty = EventType::parse("com.example.Order Placed").unwrap();
         assert!(catalog.validate(&ty, &json!({"order": "o-1"})).is_ok());
         assert!(catalog.validate(&ty, &json!({"order": 1})).is_err());
-        assert_eq!(schema_uri(&ty), "urn:switchyard:event:com.example.Order%20Placed");
+        assert_eq!(
+            schema_uri(&ty),
+            "urn:switchyard:event:com.example.Order%20Placed"
+        );
 
         // A file may not replace a built-in schema, and a broken schema names its file.
         std::fs::write(dir.join("proposal.approved.v1.json"), "{}").unwrap();

@@ -221,7 +221,10 @@ impl RecordedEvent {
         event.set_dataschema(url::Url::parse(&schema_uri(&self.ty)).ok());
         event.set_extension("workspace", self.workspace.as_str());
         event.set_extension("sequence", self.position);
-        event.set_extension("streamversion", i64::try_from(self.stream_version).unwrap_or(i64::MAX));
+        event.set_extension(
+            "streamversion",
+            i64::try_from(self.stream_version).unwrap_or(i64::MAX),
+        );
         event.set_extension("correlationid", self.correlation_id.as_str());
         if let Some(causation) = &self.causation_id {
             event.set_extension("causationid", causation.as_str());
@@ -232,7 +235,9 @@ impl RecordedEvent {
         for (name, value) in &self.extensions {
             match value {
                 Value::Bool(b) => event.set_extension(name, *b),
-                Value::Number(n) if n.is_i64() => event.set_extension(name, n.as_i64().unwrap_or_default()),
+                Value::Number(n) if n.is_i64() => {
+                    event.set_extension(name, n.as_i64().unwrap_or_default())
+                }
                 Value::String(s) => event.set_extension(name, s.as_str()),
                 other => event.set_extension(name, other.to_string()),
             }
@@ -240,8 +245,6 @@ impl RecordedEvent {
         event
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {
@@ -285,7 +288,9 @@ mod tests {
             ty: EventType::parse("proposal.approved.v1").unwrap(),
             workspace: Workspace::parse("demo").unwrap(),
             stream: StreamId::parse("proposal/1").unwrap(),
-            time: DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().to_utc(),
+            time: DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+                .unwrap()
+                .to_utc(),
             data: serde_json::json!({"proposal_id": "1"}),
             correlation_id: "c-1".into(),
             causation_id: Some("e-0".into()),
@@ -302,7 +307,10 @@ mod tests {
         assert_eq!(json["workspace"], "demo");
         assert_eq!(json["correlationid"], "c-1");
         assert_eq!(json["causationid"], "e-0");
-        assert_eq!(json["dataschema"], "urn:switchyard:event:proposal.approved.v1");
+        assert_eq!(
+            json["dataschema"],
+            "urn:switchyard:event:proposal.approved.v1"
+        );
         assert_eq!(json["data"]["proposal_id"], "1");
         assert_eq!(json["datacontenttype"], "application/json");
     }

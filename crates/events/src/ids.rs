@@ -128,9 +128,9 @@ impl EventType {
         let Some((version, names)) = segments.split_last() else {
             return false;
         };
-        let version_ok = version
-            .strip_prefix('v')
-            .is_some_and(|n| !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()));
+        let version_ok = version.strip_prefix('v').is_some_and(|n| {
+            !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+        });
         let name_ok = |seg: &&str| {
             let mut bytes = seg.bytes();
             bytes.next().is_some_and(|b| b.is_ascii_lowercase())
@@ -188,7 +188,11 @@ impl StreamId {
             return Err(InvalidId::new(WHAT, s, "must be 1 to 200 bytes long"));
         }
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(InvalidId::new(WHAT, s, "must not contain whitespace or control characters"));
+            return Err(InvalidId::new(
+                WHAT,
+                s,
+                "must not contain whitespace or control characters",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -234,7 +238,11 @@ impl Source {
             return Err(InvalidId::new(WHAT, s, "must be 1 to 255 bytes long"));
         }
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(InvalidId::new(WHAT, s, "must be a URI reference without whitespace"));
+            return Err(InvalidId::new(
+                WHAT,
+                s,
+                "must be a URI reference without whitespace",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -246,7 +254,11 @@ mod tests {
 
     #[test]
     fn canonical_types() {
-        for ok in ["proposal.approved.v1", "agent.memory.recorded.v12", "git.commit_failed.v1"] {
+        for ok in [
+            "proposal.approved.v1",
+            "agent.memory.recorded.v12",
+            "git.commit_failed.v1",
+        ] {
             assert!(EventType::parse_canonical(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -69,8 +69,18 @@ pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, Inva
 
     match attrs.remove("specversion") {
         Some(Value::String(v)) if v == "1.0" => {}
-        Some(_) => return Err(InvalidEvent::at("/specversion", "specversion must be \"1.0\"")),
-        None => return Err(InvalidEvent::at("/specversion", "required attribute is missing")),
+        Some(_) => {
+            return Err(InvalidEvent::at(
+                "/specversion",
+                "specversion must be \"1.0\"",
+            ));
+        }
+        None => {
+            return Err(InvalidEvent::at(
+                "/specversion",
+                "required attribute is missing",
+            ));
+        }
     }
     let id = match take_string(&mut attrs, "id")? {
         Some(id) => EventId::parse(&id).map_err(|e| InvalidEvent::at("/id", e.reason))?,
@@ -81,7 +91,10 @@ pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, Inva
     let ty = required_string(&mut attrs, "type")?;
     let ty = EventType::parse(&ty).map_err(|e| InvalidEvent::at("/type", e.reason))?;
     let stream = take_string(&mut attrs, "subject")?.ok_or_else(|| {
-        InvalidEvent::at("/subject", "required: the subject names the stream the event belongs to")
+        InvalidEvent::at(
+            "/subject",
+            "required: the subject names the stream the event belongs to",
+        )
     })?;
     let stream = StreamId::parse(&stream).map_err(|e| InvalidEvent::at("/subject", e.reason))?;
     let time = take_string(&mut attrs, "time")?
@@ -91,13 +104,13 @@ pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, Inva
                 .map_err(|_| InvalidEvent::at("/time", "time must be an RFC 3339 timestamp"))
         })
         .transpose()?;
-    if let Some(content_type) = take_string(&mut attrs, "datacontenttype")? {
-        if !is_json_media_type(&content_type) {
-            return Err(InvalidEvent::at(
-                "/datacontenttype",
-                "only JSON data is accepted (application/json or a +json media type)",
-            ));
-        }
+    if let Some(content_type) = take_string(&mut attrs, "datacontenttype")?
+        && !is_json_media_type(&content_type)
+    {
+        return Err(InvalidEvent::at(
+            "/datacontenttype",
+            "only JSON data is accepted (application/json or a +json media type)",
+        ));
     }
     // Accepted for compatibility with producers that always set it; never fetched or trusted.
     take_string(&mut attrs, "dataschema")?;
@@ -109,24 +122,27 @@ pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, Inva
     }
     let data = attrs.remove("data").unwrap_or(Value::Null);
 
-    if let Some(ws) = take_string(&mut attrs, "workspace")? {
-        if ws != workspace.as_str() {
-            return Err(InvalidEvent::at(
-                "/workspace",
-                format!("the event names workspace {ws:?} but was posted to {workspace:?}", workspace = workspace.as_str()),
-            ));
-        }
+    if let Some(ws) = take_string(&mut attrs, "workspace")?
+        && ws != workspace.as_str()
+    {
+        return Err(InvalidEvent::at(
+            "/workspace",
+            format!(
+                "the event names workspace {ws:?} but was posted to {:?}",
+                workspace.as_str()
+            ),
+        ));
     }
     let correlation_id = take_bounded(&mut attrs, "correlationid")?;
     let causation_id = take_bounded(&mut attrs, "causationid")?;
     let traceparent = take_string(&mut attrs, "traceparent")?;
-    if let Some(tp) = &traceparent {
-        if !is_traceparent(tp) {
-            return Err(InvalidEvent::at(
-                "/traceparent",
-                "traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>",
-            ));
-        }
+    if let Some(tp) = &traceparent
+        && !is_traceparent(tp)
+    {
+        return Err(InvalidEvent::at(
+            "/traceparent",
+            "traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>",
+        ));
     }
     let expected_version = match attrs.remove("expectedversion") {
         None => ExpectedVersion::Any,
@@ -152,7 +168,9 @@ pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, Inva
         let pointer = format!("/{}", escape_pointer(&name));
         let valid_name = !name.is_empty()
             && name.len() <= 20
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !valid_name {
             return Err(InvalidEvent::at(
                 pointer,
@@ -202,7 +220,10 @@ pub fn parse_expected_version(value: &Value) -> Result<ExpectedVersion, InvalidE
         Value::Number(n) => n.as_u64().map(ExpectedVersion::Exactly).ok_or_else(invalid),
         Value::String(s) if s == "none" => Ok(ExpectedVersion::NoStream),
         Value::String(s) if s == "any" => Ok(ExpectedVersion::Any),
-        Value::String(s) => s.parse().map(ExpectedVersion::Exactly).map_err(|_| invalid()),
+        Value::String(s) => s
+            .parse()
+            .map(ExpectedVersion::Exactly)
+            .map_err(|_| invalid()),
         _ => Err(invalid()),
     }
 }
@@ -211,7 +232,10 @@ fn take_string(attrs: &mut Map<String, Value>, name: &str) -> Result<Option<Stri
     match attrs.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(InvalidEvent::at(format!("/{name}"), format!("{name} must be a string"))),
+        Some(_) => Err(InvalidEvent::at(
+            format!("/{name}"),
+            format!("{name} must be a string"),
+        )),
     }
 }
 
@@ -220,17 +244,30 @@ fn required_string(attrs: &mut Map<String, Value>, name: &str) -> Result<String,
         .ok_or_else(|| InvalidEvent::at(format!("/{name}"), "required attribute is missing"))
 }
 
-fn take_bounded(attrs: &mut Map<String, Value>, name: &str) -> Result<Option<String>, InvalidEvent> {
+fn take_bounded(
+    attrs: &mut Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, InvalidEvent> {
     let value = take_string(attrs, name)?;
-    if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 200) {
-        return Err(InvalidEvent::at(format!("/{name}"), format!("{name} must be 1 to 200 bytes")));
+    if value
+        .as_ref()
+        .is_some_and(|v| v.is_empty() || v.len() > 200)
+    {
+        return Err(InvalidEvent::at(
+            format!("/{name}"),
+            format!("{name} must be 1 to 200 bytes"),
+        ));
     }
     Ok(value)
 }
 
 fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, len: usize| p.len() == len && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |p: &str, len: usize| {
+        p.len() == len
+            && p.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -288,7 +325,12 @@ mod tests {
         let mut value = valid();
         value.as_object_mut().unwrap().remove("id");
         let event = parse_event(value, &ws()).unwrap();
-        assert_eq!(uuid::Uuid::parse_str(event.id.as_str()).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(event.id.as_str())
+                .unwrap()
+                .get_version_num(),
+            7
+        );
     }
 
     #[test]
@@ -322,9 +364,9 @@ mod tests {
             assert_eq!(err.pointer, format!("/{required}"));
         }
         assert_eq!(parse_event(json!([1]), &ws()).unwrap_err().pointer, "");
-        let err = parse_event(valid(), &ws()).map(|_| ()).and_then(|()| {
-            parse_event(json!("x"), &ws()).map(|_| ())
-        });
+        let err = parse_event(valid(), &ws())
+            .map(|_| ())
+            .and_then(|()| parse_event(json!("x"), &ws()).map(|_| ()));
         assert_eq!(err.unwrap_err().in_batch(3).pointer, "/3");
     }
 

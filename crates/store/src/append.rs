@@ -59,7 +59,8 @@ impl Columns {
     fn push(&mut self, event: &NewEvent, version: u64, now: chrono::DateTime<Utc>) {
         self.workspace.push(event.workspace.as_str().to_owned());
         self.stream_id.push(event.stream.as_str().to_owned());
-        self.stream_version.push(i64::try_from(version).unwrap_or(i64::MAX));
+        self.stream_version
+            .push(i64::try_from(version).unwrap_or(i64::MAX));
         self.id.push(event.id.as_str().to_owned());
         self.source.push(event.source.as_str().to_owned());
         self.ty.push(event.ty.as_str().to_owned());
@@ -73,9 +74,8 @@ impl Columns {
         );
         self.causation_id.push(event.causation_id.clone());
         self.traceparent.push(event.traceparent.clone());
-        self.extensions.push(
-            (!event.extensions.is_empty()).then(|| Value::Object(event.extensions.clone())),
-        );
+        self.extensions
+            .push((!event.extensions.is_empty()).then(|| Value::Object(event.extensions.clone())));
     }
 
     fn len(&self) -> usize {
@@ -144,8 +144,10 @@ pub(crate) async fn write(
     }
     let mut versions: HashMap<(String, String), u64> = HashMap::new();
     if !streams.is_empty() {
-        let (sws, sids): (Vec<&str>, Vec<&str>) =
-            streams.iter().map(|(w, s)| (w.as_str(), s.as_str())).unzip();
+        let (sws, sids): (Vec<&str>, Vec<&str>) = streams
+            .iter()
+            .map(|(w, s)| (w.as_str(), s.as_str()))
+            .unzip();
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT k.workspace, k.stream_id,
                     coalesce((SELECT max(e.stream_version) FROM events e

@@ -73,7 +73,10 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
             }
             Err(e) if is_append_race(&e) && attempt + 1 < MAX_ATTEMPTS => {
                 attempt += 1;
-                tracing::debug!(attempt, "append raced a concurrent writer; retrying the group");
+                tracing::debug!(
+                    attempt,
+                    "append raced a concurrent writer; retrying the group"
+                );
                 tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
                 let mut retry = now;
                 retry.append(&mut jobs);
@@ -94,7 +97,10 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
     }
 }
 
-async fn try_commit(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Result<Vec<Appended>>>, sqlx::Error> {
+async fn try_commit(
+    pool: &PgPool,
+    jobs: &[Job],
+) -> Result<Vec<Result<Vec<Appended>>>, sqlx::Error> {
     let batches: Vec<&[NewEvent]> = jobs.iter().map(|job| job.events.as_slice()).collect();
     let mut tx = pool.begin().await?;
     let results = append::write(&mut tx, &batches).await?;

@@ -86,11 +86,36 @@ impl TryFrom<EventRow> for RecordedEvent {
 macro_rules! event_columns {
     ($alias:literal) => {
         concat!(
-            $alias, "position, ", $alias, "transaction_id::text::int8 AS tx, ",
-            $alias, "workspace, ", $alias, "stream_id, ", $alias, "stream_version, ",
-            $alias, "id, ", $alias, "source, ", $alias, "type, ", $alias, "time, ",
-            $alias, "data, ", $alias, "correlation_id, ", $alias, "causation_id, ",
-            $alias, "traceparent, ", $alias, "extensions, ", $alias, "recorded_at"
+            $alias,
+            "position, ",
+            $alias,
+            "transaction_id::text::int8 AS tx, ",
+            $alias,
+            "workspace, ",
+            $alias,
+            "stream_id, ",
+            $alias,
+            "stream_version, ",
+            $alias,
+            "id, ",
+            $alias,
+            "source, ",
+            $alias,
+            "type, ",
+            $alias,
+            "time, ",
+            $alias,
+            "data, ",
+            $alias,
+            "correlation_id, ",
+            $alias,
+            "causation_id, ",
+            $alias,
+            "traceparent, ",
+            $alias,
+            "extensions, ",
+            $alias,
+            "recorded_at"
         )
     };
 }
@@ -181,6 +206,8 @@ impl EventStore {
         .bind(stream.as_str())
         .fetch_one(&self.pool)
         .await?;
-        Ok(version.and_then(|v| u64::try_from(v).ok()).unwrap_or_default())
+        Ok(version
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or_default())
     }
 }

@@ -54,9 +54,15 @@ async fn grouped_appends_fail_alone(pool: PgPool) {
             } else {
                 ExpectedVersion::Any
             };
-            let stream = if expected == ExpectedVersion::NoStream { "agent/shared" } else { ["agent/shared", "agent/other"][i % 2] };
+            let stream = if expected == ExpectedVersion::NoStream {
+                "agent/shared"
+            } else {
+                ["agent/shared", "agent/other"][i % 2]
+            };
             store
-                .append(vec![memory("demo", stream, &format!("k{i}")).expecting(expected)])
+                .append(vec![
+                    memory("demo", stream, &format!("k{i}")).expecting(expected),
+                ])
                 .await
         }));
     }
@@ -91,23 +97,46 @@ async fn a_late_commit_is_never_skipped(pool: PgPool) {
     let store = store(&pool);
     let mut early = pool.begin().await.unwrap();
     // Take a transaction id now, append later.
-    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *early).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *early)
+        .await
+        .unwrap();
 
-    let quick = store.append(vec![memory("demo", "agent/quick", "q")]).await.unwrap();
+    let quick = store
+        .append(vec![memory("demo", "agent/quick", "q")])
+        .await
+        .unwrap();
     store
         .append_in(&mut early, vec![memory("demo", "agent/slow", "s")])
         .await
         .unwrap();
 
-    let page = store.read_all(Cursor::START, &ReadFilter::default(), 100).await.unwrap();
-    assert!(page.events.is_empty(), "the quick event waits behind the open transaction: {:?}", page.events.iter().map(|e| (e.cursor, e.stream.to_string())).collect::<Vec<_>>());
+    let page = store
+        .read_all(Cursor::START, &ReadFilter::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        page.events.is_empty(),
+        "the quick event waits behind the open transaction: {:?}",
+        page.events
+            .iter()
+            .map(|e| (e.cursor, e.stream.to_string()))
+            .collect::<Vec<_>>()
+    );
     let cursor = page.next;
 
     early.commit().await.unwrap();
     let page = read_n(&store, cursor, &ReadFilter::default(), 2).await;
     let streams: Vec<&str> = page.events.iter().map(|e| e.stream.as_str()).collect();
-    assert_eq!(streams, ["agent/slow", "agent/quick"], "ordered by transaction, not position");
-    assert!(page.events[0].position > quick[0].position, "the slow one has the larger position");
+    assert_eq!(
+        streams,
+        ["agent/slow", "agent/quick"],
+        "ordered by transaction, not position"
+    );
+    assert!(
+        page.events[0].position > quick[0].position,
+        "the slow one has the larger position"
+    );
 }
 
 /// 16 writers append concurrently, through group commit and inside their own transactions
@@ -120,7 +149,11 @@ async fn a_following_reader_sees_every_committed_event_once_in_order(
 ) {
     // Held-open and rolled-back transactions each keep a connection: more than the five of
     // a test's default pool.
-    let pool = PgPoolOptions::new().max_connections(24).connect_with(connect).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(24)
+        .connect_with(connect)
+        .await
+        .unwrap();
     let store = store(&pool);
     const WRITERS: usize = 16;
     const ROUNDS: usize = 12;
@@ -134,11 +167,18 @@ async fn a_following_reader_sees_every_committed_event_once_in_order(
             let mut seen = Vec::new();
             loop {
                 let finished = done.load(Ordering::SeqCst);
-                let page = store.read_all(cursor, &ReadFilter::default(), 37).await.unwrap();
+                let page = store
+                    .read_all(cursor, &ReadFilter::default(), 37)
+                    .await
+                    .unwrap();
                 for event in &page.events {
                     assert!(event.cursor > cursor, "cursors only move forward");
                     cursor = event.cursor;
-                    seen.push((event.id.to_string(), event.stream.to_string(), event.stream_version));
+                    seen.push((
+                        event.id.to_string(),
+                        event.stream.to_string(),
+                        event.stream_version,
+                    ));
                 }
                 assert!(page.next >= cursor);
                 cursor = page.next;

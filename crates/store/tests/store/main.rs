@@ -1,6 +1,8 @@
 //! Event store tests against a real PostgreSQL: each test gets its own database
 //! (`#[sqlx::test]`), migrated with the store's migrations.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod append;
 mod concurrency;
 mod read;

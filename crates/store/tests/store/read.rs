@@ -9,32 +9,57 @@ async fn global_reads_page_and_filter(pool: PgPool) {
     let store = store(&pool);
     for i in 0..10 {
         let workspace = if i % 2 == 0 { "even" } else { "odd" };
-        store.append(vec![memory(workspace, "agent/a", &format!("k{i}"))]).await.unwrap();
+        store
+            .append(vec![memory(workspace, "agent/a", &format!("k{i}"))])
+            .await
+            .unwrap();
     }
 
-    assert_eq!(read_n(&store, Cursor::START, &ReadFilter::default(), 10).await.events.len(), 10);
+    assert_eq!(
+        read_n(&store, Cursor::START, &ReadFilter::default(), 10)
+            .await
+            .events
+            .len(),
+        10
+    );
 
     // Paging through everything returns each event once, in append order (one writer).
     let mut cursor = Cursor::START;
     let mut keys = Vec::new();
     loop {
-        let page = store.read_all(cursor, &ReadFilter::default(), 3).await.unwrap();
+        let page = store
+            .read_all(cursor, &ReadFilter::default(), 3)
+            .await
+            .unwrap();
         if page.events.is_empty() {
             break;
         }
-        keys.extend(page.events.iter().map(|e| e.data["key"].as_str().unwrap().to_owned()));
+        keys.extend(
+            page.events
+                .iter()
+                .map(|e| e.data["key"].as_str().unwrap().to_owned()),
+        );
         cursor = page.next;
     }
     let expected: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     assert_eq!(keys, expected);
 
     // A workspace filter returns only that workspace, and its cursor then skips the rest.
-    let filter = ReadFilter { workspace: Some(ws("odd")), ty: None };
+    let filter = ReadFilter {
+        workspace: Some(ws("odd")),
+        ty: None,
+    };
     let page = store.read_all(Cursor::START, &filter, 100).await.unwrap();
     assert_eq!(page.events.len(), 5);
     assert!(page.events.iter().all(|e| e.workspace.as_str() == "odd"));
-    let after = store.read_all(page.next, &ReadFilter::default(), 100).await.unwrap();
-    assert!(after.events.is_empty(), "the filtered cursor moved past everything visible");
+    let after = store
+        .read_all(page.next, &ReadFilter::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        after.events.is_empty(),
+        "the filtered cursor moved past everything visible"
+    );
 
     let filter = ReadFilter {
         workspace: None,
@@ -42,5 +67,8 @@ async fn global_reads_page_and_filter(pool: PgPool) {
     };
     let page = store.read_all(Cursor::START, &filter, 100).await.unwrap();
     assert!(page.events.is_empty());
-    assert!(page.next > Cursor::START, "an empty filtered read still advances");
+    assert!(
+        page.next > Cursor::START,
+        "an empty filtered read still advances"
+    );
 }
