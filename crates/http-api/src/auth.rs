@@ -1,0 +1,164 @@
+//! Bearer tokens. Only a token's SHA-256 is stored; a request's token is hashed and looked up.
+
+use axum::{
+    extract::{Request, State},
+    http::header,
+    middleware::Next,
+    response::Response,
+};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use switchyard_events::Workspace;
+
+use crate::{ApiError, AppState};
+
+/// What a token may do. Each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read anything of its workspace.
+    Read,
+    /// Also post events and proposals.
+    Propose,
+    /// Also decide proposals.
+    Approve,
+    /// Everything, including workspaces and tokens.
+    Admin,
+}
+
+impl Scope {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "read" => Self::Read,
+            "propose" => Self::Propose,
+            "approve" => Self::Approve,
+            "admin" => Self::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// The caller, as established by its token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The token's id (never the token).
+    pub token_id: uuid::Uuid,
+    /// The token's name, for audit.
+    pub name: String,
+    /// The one workspace the token is for, or `None` for every workspace.
+    pub workspace: Option<String>,
+    /// What the token may do.
+    pub scope: Scope,
+}
+
+impl Principal {
+    /// Refuses unless the token may act with `scope` in `workspace`. A token of another
+    /// workspace is told the workspace does not exist, exactly as if it did not.
+    pub fn require(&self, workspace: Option<&Workspace>, scope: Scope) -> Result<(), ApiError> {
+        if let (Some(mine), Some(ws)) = (&self.workspace, workspace)
+            && mine != ws.as_str()
+        {
+            return Err(ApiError::not_found(format!(
+                "workspace {ws} does not exist"
+            )));
+        }
+        if self.workspace.is_some() && workspace.is_none() && scope == Scope::Admin {
+            return Err(ApiError::forbidden("this needs a token for all workspaces"));
+        }
+        if self.scope < scope {
+            return Err(ApiError::forbidden(format!(
+                "this token's scope is {:?}; this needs {:?}",
+                self.scope, scope
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of a token, as stored.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The name under which the `SWITCHYARD_ADMIN_TOKEN` token is stored.
+const BOOTSTRAP_NAME: &str = "bootstrap admin (SWITCHYARD_ADMIN_TOKEN)";
+
+/// Shortest token accepted from the environment.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Makes `token` a valid admin token for every workspace, and revokes an earlier bootstrap
+/// token that differs, so that changing `SWITCHYARD_ADMIN_TOKEN` rotates it.
+pub async fn bootstrap_admin_token(pool: &PgPool, token: &str) -> Result<(), BootstrapError> {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(BootstrapError::TooShort);
+    }
+    let hash = token_hash(token);
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now()
+         WHERE name = $1 AND token_hash <> $2 AND revoked_at IS NULL",
+    )
+    .bind(BOOTSTRAP_NAME)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO api_tokens (id, token_hash, name, workspace, scope)
+         VALUES ($1, $2, $3, NULL, 'admin')
+         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, expires_at = NULL",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&hash)
+    .bind(BOOTSTRAP_NAME)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Why the admin token could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// The token is too easy to guess.
+    #[error("SWITCHYARD_ADMIN_TOKEN must be at least {MIN_TOKEN_LEN} characters")]
+    TooShort,
+    /// PostgreSQL failed.
+    #[error("could not store the admin token: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Middleware: every `/v1` request needs `Authorization: Bearer <token>` of a live token.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    let row: Option<(uuid::Uuid, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, name, workspace, scope FROM api_tokens
+         WHERE token_hash = $1 AND revoked_at IS NULL
+           AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(token_hash(token))
+    .fetch_optional(state.store.pool())
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    let (token_id, name, workspace, scope) =
+        row.ok_or_else(|| ApiError::unauthorized("the token is unknown, revoked or expired"))?;
+    let scope = Scope::parse(&scope)
+        .ok_or_else(|| ApiError::unauthorized("the token's scope is unknown"))?;
+    request.extensions_mut().insert(Principal {
+        token_id,
+        name,
+        workspace,
+        scope,
+    });
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,234 @@
+//! The CloudEvents HTTP binding: structured, binary and batch mode in; the event log out.
+
+use axum::body::Bytes;
+use axum::{
+    Extension, Json,
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use switchyard_events::{Cursor, EventType, NewEvent, Workspace, is_json_media_type, parse_event};
+use switchyard_store::{Appended, ReadFilter};
+
+use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
+
+const STRUCTURED: &str = "application/cloudevents+json";
+const BATCH: &str = "application/cloudevents-batch+json";
+
+/// What the store did with one posted event.
+#[derive(Debug, Serialize)]
+struct AppendedView {
+    id: String,
+    subject: String,
+    sequence: i64,
+    stream_version: u64,
+    duplicate: bool,
+}
+
+impl From<Appended> for AppendedView {
+    fn from(a: Appended) -> Self {
+        Self {
+            id: a.id.to_string(),
+            subject: a.stream.to_string(),
+            sequence: a.position,
+            stream_version: a.stream_version,
+            duplicate: a.duplicate,
+        }
+    }
+}
+
+/// `POST /v1/workspaces/{ws}/events`
+pub(crate) async fn post_events(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(workspace): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let workspace = state
+        .existing_workspace(&principal, &workspace, Scope::Propose)
+        .await?;
+    let body = body?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+
+    let (events, batch) = if essence == STRUCTURED {
+        (vec![parse_event(parse_json(&body)?, &workspace)?], false)
+    } else if essence == BATCH {
+        let Value::Array(items) = parse_json(&body)? else {
+            return Err(
+                ApiError::bad_request("a batch must be a JSON array of CloudEvents").at(""),
+            );
+        };
+        if items.is_empty() {
+            return Err(ApiError::bad_request("a batch must hold at least one event").at(""));
+        }
+        let max = state.config.max_batch_events;
+        if items.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                format!(
+                    "a batch may hold at most {max} events, this one holds {}",
+                    items.len()
+                ),
+            ));
+        }
+        let events = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| parse_event(item, &workspace).map_err(|e| e.in_batch(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        (events, true)
+    } else if headers.contains_key("ce-specversion") {
+        (
+            vec![parse_binary(&headers, content_type, &body, &workspace)?],
+            false,
+        )
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send {STRUCTURED}, {BATCH}, or binary mode (ce-* headers with a JSON body); got {:?}",
+                content_type
+            ),
+        ));
+    };
+
+    let appended = state
+        .store
+        .append(events)
+        .await
+        .map_err(|e| ApiError::from_store(e, batch))?;
+    let status = if appended.iter().all(|a| a.duplicate) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let views: Vec<AppendedView> = appended.into_iter().map(AppendedView::from).collect();
+    Ok(if batch {
+        (status, Json(serde_json::json!({ "events": views }))).into_response()
+    } else {
+        let view = views.into_iter().next();
+        (status, Json(view)).into_response()
+    })
+}
+
+/// Binary mode: attributes in `ce-*` headers (percent-decoded), the data in the body, its
+/// media type in `Content-Type`. The attributes then follow the structured-mode rules.
+fn parse_binary(
+    headers: &HeaderMap,
+    content_type: &str,
+    body: &[u8],
+    workspace: &Workspace,
+) -> Result<NewEvent, ApiError> {
+    let mut attrs = Map::new();
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let raw = value.to_str().map_err(|_| {
+            ApiError::bad_request(format!("header {name} must be visible ASCII"))
+                .at(format!("/{attr}"))
+        })?;
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| {
+                ApiError::bad_request(format!("header {name} is not valid percent-encoded UTF-8"))
+                    .at(format!("/{attr}"))
+            })?;
+        attrs.insert(attr.to_owned(), Value::String(decoded.into_owned()));
+    }
+    if !content_type.is_empty() {
+        if !is_json_media_type(content_type) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("event data must be JSON; got Content-Type {content_type:?}"),
+            ));
+        }
+        attrs.insert(
+            "datacontenttype".into(),
+            Value::String(content_type.to_owned()),
+        );
+    }
+    if !body.is_empty() {
+        let data = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body (the event's data) is not valid JSON: {e}"),
+            )
+            .at("/data")
+        })?;
+        attrs.insert("data".into(), data);
+    }
+    Ok(parse_event(Value::Object(attrs), workspace)?)
+}
+
+/// Query of `GET /v1/workspaces/{ws}/events`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    after: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/workspaces/{ws}/events?after=CURSOR&type=T&limit=N`
+pub(crate) async fn list_events(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(workspace): Path<String>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let workspace = state
+        .existing_workspace(&principal, &workspace, Scope::Read)
+        .await?;
+    let Query(query) = query?;
+    let after: Cursor = match query.after.as_deref() {
+        None | Some("") => Cursor::START,
+        Some(s) => s
+            .parse()
+            .map_err(|e: switchyard_events::InvalidCursor| ApiError::bad_request(e.to_string()))?,
+    };
+    let ty = query
+        .ty
+        .as_deref()
+        .map(EventType::parse)
+        .transpose()
+        .map_err(ApiError::from)?;
+    let limit = query
+        .limit
+        .unwrap_or(state.config.default_page)
+        .clamp(1, state.config.max_page);
+    let filter = ReadFilter {
+        workspace: Some(workspace),
+        ty,
+    };
+    let page = state
+        .store
+        .read_all(after, &filter, limit)
+        .await
+        .map_err(|e| ApiError::from_store(e, false))?;
+    let events: Vec<_> = page.events.iter().map(|e| e.to_cloudevent()).collect();
+    Ok(Json(serde_json::json!({
+        "events": events,
+        "next": page.next.to_string(),
+    }))
+    .into_response())
+}

@@ -1,0 +1,222 @@
+//! The HTTP API: `/v1` routes for workspaces and the CloudEvents HTTP binding, the schema
+//! catalog, and health. Handlers are thin: parse at the edge, call the store, map the result.
+//!
+//! Invariants it owns: every `/v1` route needs a live bearer token; a request is answered 2xx
+//! only after its events are committed; every error has the shape
+//! `{"code", "message", "pointer"?}` and appends nothing.
+
+mod auth;
+mod error;
+mod events;
+mod workspaces;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path, State},
+    http::StatusCode,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_events::{RecordedEvent, StreamId, Workspace};
+use switchyard_store::EventStore;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{
+    BootstrapError, MIN_TOKEN_LEN, Principal, Scope, bootstrap_admin_token, token_hash,
+};
+pub use error::ApiError;
+
+/// Limits and defaults of the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest body accepted by the events route (a batch), in bytes.
+    pub max_event_body_bytes: usize,
+    /// Largest body accepted by other routes, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one CloudEvents batch.
+    pub max_batch_events: usize,
+    /// Page size when a list request names none.
+    pub default_page: u32,
+    /// Largest page a list request may ask for; larger requests are capped.
+    pub max_page: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_event_body_bytes: 4 * 1024 * 1024,
+            max_body_bytes: 256 * 1024,
+            max_batch_events: 1_000,
+            default_page: 100,
+            max_page: 1_000,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    store: EventStore,
+    nats: Option<async_nats::Client>,
+    config: Arc<ApiConfig>,
+    /// Workspaces known to exist. Workspaces are never deleted, so a hit is always right.
+    known_workspaces: Arc<RwLock<HashSet<Workspace>>>,
+}
+
+impl AppState {
+    /// State over a store and, for readiness, a NATS client.
+    pub fn new(store: EventStore, nats: Option<async_nats::Client>, config: ApiConfig) -> Self {
+        Self {
+            store,
+            nats,
+            config: Arc::new(config),
+            known_workspaces: Arc::default(),
+        }
+    }
+
+    /// The `workspace.created.v1` event of a workspace, if it exists.
+    async fn workspace(&self, workspace: &Workspace) -> Result<Option<RecordedEvent>, ApiError> {
+        let stream = StreamId::parse(workspaces::WORKSPACE_STREAM).map_err(ApiError::from)?;
+        let events = self
+            .store
+            .read_stream(workspace, &stream, 0, 1)
+            .await
+            .map_err(|e| ApiError::from_store(e, false))?;
+        Ok(events.into_iter().next())
+    }
+
+    /// Parses a workspace from a path, checks the caller's right to it, and that it exists.
+    /// A workspace the caller may not see answers exactly like a missing one.
+    async fn existing_workspace(
+        &self,
+        principal: &Principal,
+        raw: &str,
+        scope: Scope,
+    ) -> Result<Workspace, ApiError> {
+        let missing = || ApiError::not_found(format!("workspace {raw} does not exist"));
+        let workspace = Workspace::parse(raw).map_err(|_| missing())?;
+        principal.require(Some(&workspace), scope)?;
+        let known = self
+            .known_workspaces
+            .read()
+            .map(|set| set.contains(&workspace))
+            .unwrap_or(false);
+        if !known {
+            self.workspace(&workspace).await?.ok_or_else(missing)?;
+            if let Ok(mut set) = self.known_workspaces.write() {
+                set.insert(workspace.clone());
+            }
+        }
+        Ok(workspace)
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let config = Arc::clone(&state.config);
+    let events = Router::new()
+        .route(
+            "/v1/workspaces/{ws}/events",
+            post(events::post_events).get(events::list_events),
+        )
+        .layer(DefaultBodyLimit::max(config.max_event_body_bytes));
+    let v1 = Router::new()
+        .route("/v1/workspaces", post(workspaces::create))
+        .route("/v1/workspaces/{ws}", get(workspaces::get))
+        .route("/v1/schemas", get(list_schemas))
+        .route("/v1/schemas/{ty}", get(get_schema))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .merge(events)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: PostgreSQL and NATS are reachable.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let postgres = match tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(state.store.pool()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".to_owned()),
+    };
+    let nats = match &state.nats {
+        None => Err("not configured".to_owned()),
+        Some(client) => match client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(format!("{other}")),
+        },
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let status = if postgres.is_ok() && nats.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"postgres": show(&postgres), "nats": show(&nats)})),
+    )
+        .into_response()
+}
+
+/// `GET /v1/schemas`: the catalog.
+async fn list_schemas(State(state): State<AppState>) -> Response {
+    let schemas: Vec<_> = state
+        .store
+        .catalog()
+        .iter()
+        .map(|s| {
+            json!({
+                "type": s.event_type(),
+                "description": s.description(),
+                "builtin": matches!(s.origin(), switchyard_events::Origin::Builtin),
+                "dataschema": switchyard_events::schema_uri(s.event_type()),
+            })
+        })
+        .collect();
+    Json(json!({ "schemas": schemas })).into_response()
+}
+
+/// `GET /v1/schemas/{type}`: one JSON Schema.
+async fn get_schema(
+    State(state): State<AppState>,
+    Path(ty): Path<String>,
+) -> Result<Response, ApiError> {
+    let schema = state
+        .store
+        .catalog()
+        .get(&ty)
+        .ok_or_else(|| ApiError::not_found(format!("no schema for event type {ty}")))?;
+    Ok(Json(schema.document().clone()).into_response())
+}

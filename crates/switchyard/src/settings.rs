@@ -1,0 +1,135 @@
+//! Configuration: the compiled-in `config/default.toml`, then an optional file, then the
+//! environment (`DATABASE_URL`, `NATS_URL`, `SWITCHYARD_*` with `__` for nesting).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::SecretString;
+use serde::Deserialize;
+use switchyard_http_api::ApiConfig;
+use switchyard_store::StoreConfig;
+
+const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+/// Top-level keys that `SWITCHYARD_*` variables may set. Other `SWITCHYARD_*` variables (used
+/// by the scripts) are not configuration.
+const KEYS: &[&str] = &[
+    "listen",
+    "events_dir",
+    "admin_token",
+    "database",
+    "nats",
+    "log",
+    "store",
+    "api",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) events_dir: Option<PathBuf>,
+    pub(crate) admin_token: Option<SecretString>,
+    pub(crate) database: DatabaseSettings,
+    pub(crate) nats: NatsSettings,
+    pub(crate) log: LogSettings,
+    pub(crate) store: StoreConfig,
+    pub(crate) api: ApiConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DatabaseSettings {
+    pub(crate) url: SecretString,
+    pub(crate) max_connections: u32,
+    pub(crate) connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NatsSettings {
+    pub(crate) url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogSettings {
+    pub(crate) format: LogFormat,
+    pub(crate) filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the layers; `file` is `--config` / `SWITCHYARD_CONFIG`.
+    pub(crate) fn load(file: Option<&PathBuf>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "configuration file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("SWITCHYARD_").split("__").filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                KEYS.iter().any(|k| {
+                    key.strip_prefix(k)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with("__"))
+                })
+            }))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            )
+            .merge(Env::raw().only(&["NATS_URL"]).map(|_| "nats.url".into()))
+            .extract()
+            .context("invalid configuration")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn defaults_parse_and_environment_overrides() {
+        figment::Jail::expect_with(|jail| {
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen.port(), 8080);
+            assert_eq!(settings.store.writers, 2);
+
+            jail.set_env("SWITCHYARD_LISTEN", "127.0.0.1:9999");
+            jail.set_env("SWITCHYARD_STORE__WRITERS", "4");
+            jail.set_env("SWITCHYARD_FORCE_LOCAL_SERVICES", "1");
+            jail.set_env("NATS_URL", "nats://127.0.0.1:14222");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen.port(), 9999);
+            assert_eq!(settings.store.writers, 4);
+            assert_eq!(settings.nats.url, "nats://127.0.0.1:14222");
+
+            jail.set_env("SWITCHYARD_STORE__WRTIERS", "4");
+            let err = Settings::load(None)
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"));
+            assert!(
+                err.is_err_and(|e| e.contains("wrtiers")),
+                "a typo is an error"
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,258 @@
+//! End-to-end: the real `switchyard` binary against a real PostgreSQL (a fresh database per
+//! test) and the real nats-server, driven over HTTP on a loopback port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+};
+
+const TOKEN: &str = "sy_e2e_0123456789abcdef0123456789";
+
+/// A running `switchyard serve` on its own database; killed and cleaned up on drop.
+struct Server {
+    child: Child,
+    address: String,
+    database: String,
+    admin_url: String,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let admin_url =
+            std::env::var("DATABASE_URL").expect("DATABASE_URL must be set (scripts/test sets it)");
+        let database = format!("sy_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .await
+            .unwrap();
+        let url = with_database(&admin_url, &database);
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", &url)
+            .env("NATS_URL", nats)
+            .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the server announces its address within 60 s")
+            .unwrap()
+            .expect("the server printed its address");
+        let address = line
+            .strip_prefix("switchyard listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            address,
+            database,
+            admin_url,
+        }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut stream = TcpStream::connect(&self.address).await.unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap()
+        };
+        (status, json)
+    }
+
+    async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            )))
+            .await
+            .unwrap();
+    }
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+    match query {
+        Some(q) => format!("{prefix}/{database}?{q}"),
+        None => format!("{prefix}/{database}"),
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+const AUTH: (&str, &str) = ("Authorization", "Bearer sy_e2e_0123456789abcdef0123456789");
+
+#[tokio::test]
+async fn a_cloudevent_posted_over_http_is_stored_and_read_back() {
+    let server = Server::start().await;
+
+    let (status, _) = server.request("GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    let mut ready = (0, Value::Null);
+    for _ in 0..50 {
+        ready = server.request("GET", "/readyz", &[], "").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert_eq!(ready.1, json!({"postgres": "ok", "nats": "ok"}));
+
+    let workspace =
+        r#"{"id":"demo","name":"Demo","repository":{"kind":"local","path":"/tmp/demo"}}"#;
+    let json_type = ("Content-Type", "application/json");
+    let (status, body) = server
+        .request("POST", "/v1/workspaces", &[json_type], workspace)
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "unauthorized");
+    let (status, body) = server
+        .request("POST", "/v1/workspaces", &[AUTH, json_type], workspace)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "Demo");
+
+    // Structured mode.
+    let event = json!({
+        "specversion": "1.0", "id": "e2e-1", "source": "/cli/demo",
+        "type": "agent.memory.recorded.v1", "subject": "agent/demo",
+        "data": {"agent": "demo", "key": "greeting", "value": "hello"}
+    })
+    .to_string();
+    let structured = ("Content-Type", "application/cloudevents+json");
+    let (status, first) = server
+        .request(
+            "POST",
+            "/v1/workspaces/demo/events",
+            &[AUTH, structured],
+            &event,
+        )
+        .await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["stream_version"], 1);
+    assert!(first["sequence"].as_i64().unwrap() > 0);
+
+    // The same event again: 200, the original position, nothing appended.
+    let (status, again) = server
+        .request(
+            "POST",
+            "/v1/workspaces/demo/events",
+            &[AUTH, structured],
+            &event,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["sequence"], first["sequence"]);
+    assert_eq!(again["duplicate"], true);
+
+    // Binary mode, expecting the stream at version 1.
+    let binary = [
+        AUTH,
+        ("Content-Type", "application/json"),
+        ("ce-specversion", "1.0"),
+        ("ce-id", "e2e-2"),
+        ("ce-source", "/cli/demo"),
+        ("ce-type", "agent.memory.recorded.v1"),
+        ("ce-subject", "agent/demo"),
+        ("ce-expectedversion", "1"),
+    ];
+    let data = r#"{"agent":"demo","key":"mood","value":"curious"}"#;
+    let (status, second) = server
+        .request("POST", "/v1/workspaces/demo/events", &binary, data)
+        .await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["stream_version"], 2);
+    // The same expectation again is now a conflict.
+    let mut stale = binary;
+    stale[3] = ("ce-id", "e2e-3");
+    let (status, conflict) = server
+        .request("POST", "/v1/workspaces/demo/events", &stale, data)
+        .await;
+    assert_eq!(status, 409, "{conflict}");
+
+    // Read back in order (the workspace's own creation event first).
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let (status, page) = server
+            .request("GET", "/v1/workspaces/demo/events", &[AUTH], "")
+            .await;
+        assert_eq!(status, 200);
+        events = page["events"].as_array().unwrap().clone();
+        if events.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "{events:?}");
+    assert_eq!(&ids[1..], ["e2e-1", "e2e-2"]);
+    assert_eq!(events[1]["sequence"], first["sequence"]);
+    assert_eq!(events[2]["data"]["value"], "curious");
+    assert_eq!(events[2]["workspace"], "demo");
+    assert_eq!(events[0]["type"], "workspace.created.v1");
+
+    server.stop().await;
+}
