@@ -86,7 +86,7 @@ impl Settings {
                 let key = key.as_str().to_ascii_lowercase();
                 KEYS.iter().any(|k| {
                     key.strip_prefix(k)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with("__"))
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '_']))
                 })
             }))
             .merge(
