@@ -157,7 +157,8 @@ async fn every_bad_input_is_a_clear_4xx_and_appends_nothing(pool: PgPool) {
         assert_eq!(error["pointer"].as_str(), pointer, "{body} -> {error}");
     }
 
-    let raw_cases: Vec<(Vec<(&str, &str)>, String, u16, &str)> = vec![
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let raw_cases: Vec<(Headers, String, u16, &str)> = vec![
         (
             vec![("content-type", STRUCTURED)],
             "{oops".into(),
