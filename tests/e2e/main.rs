@@ -30,7 +30,7 @@ impl Server {
         let database = format!("sy_e2e_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url).await.unwrap();
         admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(format!("CREATE DATABASE {database}").as_str())
             .await
             .unwrap();
         let url = with_database(&admin_url, &database);
@@ -109,10 +109,7 @@ impl Server {
         self.child.kill().await.unwrap();
         let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
         admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            )))
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database).as_str())
             .await
             .unwrap();
     }

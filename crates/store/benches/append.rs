@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::json;
 use sqlx::{
-    AssertSqlSafe, Connection, Executor, PgConnection, PgPool,
+    Connection, Executor, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use switchyard_events::{Catalog, EventType, NewEvent, Source, StreamId, Workspace};
@@ -153,7 +153,7 @@ async fn main() {
     let database = format!("sy_bench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&url).await.unwrap();
     admin
-        .execute(AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(format!("CREATE DATABASE {database}").as_str())
         .await
         .unwrap();
     let options: PgConnectOptions = url.parse::<PgConnectOptions>().unwrap().database(&database);
@@ -254,9 +254,7 @@ async fn main() {
     drop(store);
     pool.close().await;
     admin
-        .execute(AssertSqlSafe(format!(
-            "DROP DATABASE {database} WITH (FORCE)"
-        )))
+        .execute(format!("DROP DATABASE {database} WITH (FORCE)").as_str())
         .await
         .unwrap();
 }
