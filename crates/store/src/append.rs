@@ -83,6 +83,38 @@ impl Columns {
     }
 }
 
+/// How much `write` looks up before it inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Only stream versions: assume no event is stored yet. Right for nearly every append
+    /// (fresh ids); a stored one makes the INSERT fail on the unique index, or its expectation
+    /// fail, and the append is then planned again with [`Lookup::Full`]. Only for autocommit
+    /// use: the failed INSERT would abort a caller's transaction.
+    Optimistic,
+    /// Stream versions and which events are already stored.
+    Full,
+}
+
+/// What `write` did.
+pub(crate) enum Written {
+    /// The outcome of each job; the new events are inserted.
+    Done(Vec<Result<Vec<Appended>>>),
+    /// An optimistic plan met a conflict; nothing was written. Plan again with a full lookup.
+    NeedsFullLookup,
+}
+
+/// A row of the lookup: a stored event (`known`) or a stream's last version.
+#[derive(sqlx::FromRow)]
+struct LookupRow {
+    known: bool,
+    workspace: String,
+    stream_id: String,
+    stream_version: i64,
+    source: Option<String>,
+    id: Option<String>,
+    position: Option<i64>,
+}
+
 /// Where the outcome of one event of a job comes from.
 enum Slot {
     /// Already in the store.
@@ -91,75 +123,78 @@ enum Slot {
     New { row: usize, version: u64 },
 }
 
-/// Appends `jobs` inside the caller's transaction. Each job is all or nothing: a job whose
-/// expected version does not hold gets [`Error::Conflict`] and none of its events are written,
-/// while the other jobs proceed. Events already in the store are reported as duplicates.
+/// Appends `jobs` on `conn`, inside the caller's transaction or in autocommit mode (the one
+/// INSERT is atomic by itself, and the unique indexes re-check what the lookup read). Each job
+/// is all or nothing: a job whose expected version does not hold gets [`Error::Conflict`] and
+/// none of its events are written, while the other jobs proceed. Events already in the store
+/// are reported as duplicates.
 ///
 /// Jobs must be valid (see [`crate::validate`]) and must not share idempotency keys with each
 /// other. A unique violation (a concurrent writer raced this one) is returned as the outer
-/// error, and the transaction must then be rolled back and retried.
+/// error; the caller's transaction, if any, is then aborted and must be retried.
 pub(crate) async fn write(
     conn: &mut PgConnection,
     jobs: &[&[NewEvent]],
-) -> Result<Vec<Result<Vec<Appended>>>, sqlx::Error> {
+    lookup: Lookup,
+) -> Result<Written, sqlx::Error> {
     let events = || jobs.iter().flat_map(|job| job.iter());
 
-    // 1. Which events are already in the store?
+    // 1. In one round trip: which events are already stored, and where their streams stand.
     let (mut ws, mut src, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    let mut streams: HashSet<(&Workspace, &StreamId)> = HashSet::new();
     for event in events() {
-        ws.push(event.workspace.as_str());
-        src.push(event.source.as_str());
-        ids.push(event.id.as_str());
+        if lookup == Lookup::Full {
+            ws.push(event.workspace.as_str());
+            src.push(event.source.as_str());
+            ids.push(event.id.as_str());
+        }
+        streams.insert((&event.workspace, &event.stream));
     }
-    let existing_rows: Vec<(String, String, String, i64, String, i64)> = sqlx::query_as(
-        "SELECT e.workspace, e.source, e.id, e.position, e.stream_id, e.stream_version
+    let (sws, sids): (Vec<&str>, Vec<&str>) = streams
+        .iter()
+        .map(|(w, s)| (w.as_str(), s.as_str()))
+        .unzip();
+    let rows: Vec<LookupRow> = sqlx::query_as(
+        "SELECT true AS known, e.workspace, e.stream_id, e.stream_version, e.source, e.id, e.position
          FROM unnest($1::text[], $2::text[], $3::text[]) AS k(workspace, source, id)
-         JOIN events e ON e.workspace = k.workspace AND e.source = k.source AND e.id = k.id",
+         JOIN events e ON e.workspace = k.workspace AND e.source = k.source AND e.id = k.id
+         UNION ALL
+         SELECT false, s.workspace, s.stream_id,
+                coalesce((SELECT max(e.stream_version) FROM events e
+                          WHERE e.workspace = s.workspace AND e.stream_id = s.stream_id), 0),
+                NULL, NULL, NULL
+         FROM unnest($4::text[], $5::text[]) AS s(workspace, stream_id)",
     )
     .bind(&ws)
     .bind(&src)
     .bind(&ids)
+    .bind(&sws)
+    .bind(&sids)
     .fetch_all(&mut *conn)
     .await?;
-    let existing: HashMap<Key, Appended> = existing_rows
-        .into_iter()
-        .filter_map(|(workspace, source, id, position, stream, version)| {
-            let appended = Appended {
-                id: EventId::parse(&id).ok()?,
-                position,
-                stream: StreamId::parse(&stream).ok()?,
-                stream_version: u64::try_from(version).ok()?,
-                duplicate: true,
-            };
-            Some(((workspace, source, id), appended))
-        })
-        .collect();
-
-    // 2. Where do the streams that get new events stand?
-    let mut streams: HashSet<(&Workspace, &StreamId)> = HashSet::new();
-    for event in events() {
-        if !existing.contains_key(&key(event)) {
-            streams.insert((&event.workspace, &event.stream));
-        }
-    }
+    let mut existing: HashMap<Key, Appended> = HashMap::new();
     let mut versions: HashMap<(String, String), u64> = HashMap::new();
-    if !streams.is_empty() {
-        let (sws, sids): (Vec<&str>, Vec<&str>) = streams
-            .iter()
-            .map(|(w, s)| (w.as_str(), s.as_str()))
-            .unzip();
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT k.workspace, k.stream_id,
-                    coalesce((SELECT max(e.stream_version) FROM events e
-                              WHERE e.workspace = k.workspace AND e.stream_id = k.stream_id), 0)
-             FROM unnest($1::text[], $2::text[]) AS k(workspace, stream_id)",
-        )
-        .bind(&sws)
-        .bind(&sids)
-        .fetch_all(&mut *conn)
-        .await?;
-        for (w, s, v) in rows {
-            versions.insert((w, s), u64::try_from(v).unwrap_or_default());
+    for row in rows {
+        let version = u64::try_from(row.stream_version).unwrap_or_default();
+        match (row.known, row.source, row.id, row.position) {
+            (true, Some(source), Some(id), Some(position)) => {
+                let (Ok(event_id), Ok(stream)) =
+                    (EventId::parse(&id), StreamId::parse(&row.stream_id))
+                else {
+                    continue;
+                };
+                let original = Appended {
+                    id: event_id,
+                    position,
+                    stream,
+                    stream_version: version,
+                    duplicate: true,
+                };
+                existing.insert((row.workspace, source, id), original);
+            }
+            _ => {
+                versions.insert((row.workspace, row.stream_id), version);
+            }
         }
     }
 
@@ -201,6 +236,10 @@ pub(crate) async fn write(
             });
         }
         if let Some(conflict) = conflict {
+            if lookup == Lookup::Optimistic {
+                // Perhaps a retry of an event that is stored already: look before judging.
+                return Ok(Written::NeedsFullLookup);
+            }
             plans.push(Err(conflict));
             continue;
         }
@@ -251,27 +290,28 @@ pub(crate) async fn write(
         positions.sort_unstable();
     }
 
-    Ok(jobs
-        .iter()
-        .zip(plans)
-        .map(|(job, plan)| {
-            let slots = plan?;
-            Ok(job
-                .iter()
-                .zip(slots)
-                .map(|(event, slot)| match slot {
-                    Slot::Existing(original) => original,
-                    Slot::New { row, version } => Appended {
-                        id: event.id.clone(),
-                        position: positions.get(row).copied().unwrap_or_default(),
-                        stream: event.stream.clone(),
-                        stream_version: version,
-                        duplicate: false,
-                    },
-                })
-                .collect())
-        })
-        .collect())
+    Ok(Written::Done(
+        jobs.iter()
+            .zip(plans)
+            .map(|(job, plan)| {
+                let slots = plan?;
+                Ok(job
+                    .iter()
+                    .zip(slots)
+                    .map(|(event, slot)| match slot {
+                        Slot::Existing(original) => original,
+                        Slot::New { row, version } => Appended {
+                            id: event.id.clone(),
+                            position: positions.get(row).copied().unwrap_or_default(),
+                            stream: event.stream.clone(),
+                            stream_version: version,
+                            duplicate: false,
+                        },
+                    })
+                    .collect())
+            })
+            .collect(),
+    ))
 }
 
 /// Checks a batch before it goes anywhere near the database: its size, its data against the

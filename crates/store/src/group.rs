@@ -10,7 +10,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::{
     Error, Result,
-    append::{self, Appended, Key},
+    append::{self, Appended, Key, Lookup, Written},
     error::is_append_race,
 };
 
@@ -55,6 +55,7 @@ pub(crate) async fn run_writer(
 #[tracing::instrument(name = "store.append", skip_all, fields(jobs = jobs.len()))]
 async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
     let mut attempt = 0;
+    let mut lookup = Lookup::Optimistic;
     while !jobs.is_empty() {
         // Drop callers that gave up waiting, then keep the jobs whose keys do not repeat an
         // earlier job's; the others wait for the next round, where they see that one committed.
@@ -64,8 +65,14 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
         if now.is_empty() {
             continue;
         }
-        match try_commit(pool, &now).await {
-            Ok(results) => {
+        match try_commit(pool, &now, lookup).await {
+            Ok(Written::NeedsFullLookup) => {
+                lookup = Lookup::Full;
+                let mut retry = now;
+                retry.append(&mut jobs);
+                jobs = retry;
+            }
+            Ok(Written::Done(results)) => {
                 attempt = 0;
                 for (job, result) in now.into_iter().zip(results) {
                     let _ = job.reply.send(result);
@@ -73,6 +80,8 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
             }
             Err(e) if is_append_race(&e) && attempt + 1 < MAX_ATTEMPTS => {
                 attempt += 1;
+                // A stored duplicate or a concurrent writer: look everything up this time.
+                lookup = Lookup::Full;
                 tracing::debug!(
                     attempt,
                     "append raced a concurrent writer; retrying the group"
@@ -97,15 +106,13 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
     }
 }
 
-async fn try_commit(
-    pool: &PgPool,
-    jobs: &[Job],
-) -> Result<Vec<Result<Vec<Appended>>>, sqlx::Error> {
+async fn try_commit(pool: &PgPool, jobs: &[Job], lookup: Lookup) -> Result<Written, sqlx::Error> {
     let batches: Vec<&[NewEvent]> = jobs.iter().map(|job| job.events.as_slice()).collect();
-    let mut tx = pool.begin().await?;
-    let results = append::write(&mut tx, &batches).await?;
-    tx.commit().await?;
-    Ok(results)
+    // No explicit transaction: the lookup reads committed state and the single INSERT commits
+    // atomically; a concurrent writer that got there first makes it fail on a unique index,
+    // and the group is planned again. Two round trips instead of four.
+    let mut conn = pool.acquire().await?;
+    append::write(&mut conn, &batches, lookup).await
 }
 
 fn split_repeated_keys(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {

@@ -125,7 +125,7 @@ impl EventStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<Appended>> {
         append::validate(&self.catalog, &events, self.max_batch_events)?;
-        let mut results = append::write(conn, &[events.as_slice()])
+        let written = append::write(conn, &[events.as_slice()], append::Lookup::Full)
             .await
             .map_err(|e| {
                 if error::is_append_race(&e) {
@@ -134,6 +134,10 @@ impl EventStore {
                     Error::from(e)
                 }
             })?;
-        results.pop().unwrap_or(Err(Error::Closed))
+        match written {
+            append::Written::Done(mut results) => results.pop().unwrap_or(Err(Error::Closed)),
+            // A full lookup never asks for another.
+            append::Written::NeedsFullLookup => Err(Error::ConcurrentWrite),
+        }
     }
 }
