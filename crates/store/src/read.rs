@@ -211,3 +211,69 @@ impl EventStore {
             .unwrap_or_default())
     }
 }
+
+impl EventStore {
+    /// The event at a global position, if there is one.
+    pub async fn get(&self, position: i64) -> Result<Option<RecordedEvent>> {
+        let row: Option<EventRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(""),
+            " FROM events WHERE position = $1"
+        ))
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(RecordedEvent::try_from).transpose()
+    }
+
+    /// How many visible events lie after `after`, counting up to `cap` (so that a lag query
+    /// stays cheap however far behind a reader is).
+    pub async fn lag(&self, after: Cursor, cap: i64) -> Result<i64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM events
+                 WHERE (transaction_id, position) > ($1::text::xid8, $2)
+                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                 LIMIT $3) t",
+        )
+        .bind(after.transaction.to_string())
+        .bind(after.position)
+        .bind(cap)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+}
+
+/// Wake-ups for readers that follow the store: a notification arrives when a transaction
+/// that appended events commits.
+#[derive(Debug)]
+pub struct Wakeups {
+    listener: sqlx::postgres::PgListener,
+}
+
+/// The channel the `events_notify` trigger notifies.
+const CHANNEL: &str = "switchyard_events";
+
+impl Wakeups {
+    /// Listens on a connection of its own.
+    pub async fn listen(store: &EventStore) -> Result<Self> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&store.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Self { listener })
+    }
+
+    /// Waits until events may have been appended, or `max_wait` passed. Returns whether a
+    /// notification came. Notifications that piled up are drained, so one wait covers them.
+    /// Connection loss is not an error: the listener reconnects, and the caller reads anyway.
+    pub async fn wait(&mut self, max_wait: std::time::Duration) -> bool {
+        let notified = matches!(
+            tokio::time::timeout(max_wait, self.listener.try_recv()).await,
+            Ok(Ok(Some(_)))
+        );
+        if notified {
+            while self.listener.next_buffered().is_some() {}
+        }
+        notified
+    }
+}

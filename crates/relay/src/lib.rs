@@ -1,0 +1,439 @@
+//! The relay: the only thing that publishes to NATS. It follows the event store in global order
+//! and publishes each event to JetStream, awaiting the acknowledgements before it moves its
+//! checkpoint (kept in PostgreSQL).
+//!
+//! Invariants it owns:
+//! - **one active relay**: a PostgreSQL advisory lock, held on a connection of its own, elects
+//!   the relay among server instances; the others stand by and take over when it is released
+//!   (its holder stopped or died);
+//! - **nothing lost**: the checkpoint moves only after JetStream acknowledged every message up
+//!   to it; a crash in between re-publishes, and `Nats-Msg-Id` lets JetStream drop the copies
+//!   inside its duplicate window (consumers stay effectively-once outside it);
+//! - **JetStream is not the truth**: a reconciler notices a stream that is missing, was
+//!   recreated, or holds fewer messages than were acknowledged, and relays again from the start.
+//!
+//! Message format: the subject is `<prefix>.<workspace>.<type>` (see [`subject`]); the body is
+//! the CloudEvent in JSON (structured mode, `application/cloudevents+json`); headers repeat the
+//! main attributes for routing and tracing: `ce-id`, `ce-source`, `ce-type`, `ce-subject`,
+//! `ce-workspace`, `ce-sequence`, and `traceparent` when the event has one. `Nats-Msg-Id` is
+//! `<workspace>:<sequence>` — the store's global position, unique in the store, where event ids
+//! are unique only per workspace and source.
+
+use std::{
+    future::IntoFuture as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, context::Context, stream};
+use bytes::Bytes;
+use futures::future::try_join_all;
+use serde::Deserialize;
+use sqlx::{Connection, PgConnection};
+use switchyard_events::{Cursor, EventType, RecordedEvent, Workspace};
+use switchyard_store::{EventStore, ReadFilter, Wakeups};
+use tokio_util::sync::CancellationToken;
+
+/// Result of the relay.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What stops a relay pass; the relay logs it, waits and starts over from its checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The store failed.
+    #[error("event store: {0}")]
+    Store(#[from] switchyard_store::Error),
+    /// JetStream refused or did not acknowledge.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    /// The advisory lock's connection was lost: another instance may be relaying now.
+    #[error("lost the relay lock")]
+    LostLock,
+}
+
+fn js<E: std::fmt::Display>(e: E) -> Error {
+    Error::JetStream(e.to_string())
+}
+
+/// Relay settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The JetStream stream that captures `<subject_prefix>.>`.
+    pub stream: String,
+    /// First subject token; different prefixes isolate tenants or tests on one server.
+    pub subject_prefix: String,
+    /// Events read and published per round.
+    pub batch: u32,
+    /// JetStream's duplicate window for `Nats-Msg-Id`, in seconds.
+    pub duplicate_window_secs: u64,
+    /// Replicas of the stream (1 on a single server, 3 on a cluster).
+    pub replicas: usize,
+    /// How often the reconciler checks the stream, and the longest idle wait, in milliseconds.
+    pub reconcile_interval_ms: u64,
+    /// How long a standby waits between attempts to take the lock, in milliseconds.
+    pub standby_retry_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            stream: "SWITCHYARD".into(),
+            subject_prefix: "sy".into(),
+            batch: 1_000,
+            duplicate_window_secs: 120,
+            replicas: 1,
+            reconcile_interval_ms: 2_000,
+            standby_retry_ms: 1_000,
+        }
+    }
+}
+
+/// Encodes an event type as NATS subject tokens. Types made of non-empty tokens of
+/// `A-Z a-z 0-9 _ -` (all of Switchyard's own) are used as they are, so
+/// `proposal.approved.v1` stays three tokens and `sy.*.proposal.approved.v1` matches it in
+/// every workspace. Any other type (spaces, `*`, `>`, empty tokens, other characters) becomes a
+/// single token: `_` followed by the hex of its bytes. It is never dropped.
+pub fn encode_type(ty: &EventType) -> String {
+    let plain = |token: &str| {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && !token.starts_with('_')
+    };
+    if ty.as_str().split('.').all(plain) {
+        ty.as_str().to_owned()
+    } else {
+        let mut token = String::from("_");
+        for b in ty.as_str().bytes() {
+            token.push_str(&format!("{b:02x}"));
+        }
+        token
+    }
+}
+
+/// The subject of an event: `<prefix>.<workspace>.<encoded type>`.
+pub fn subject(prefix: &str, workspace: &Workspace, ty: &EventType) -> String {
+    format!("{prefix}.{workspace}.{}", encode_type(ty))
+}
+
+/// The subject filter that matches one type in every workspace: `<prefix>.*.<encoded type>`.
+pub fn type_filter(prefix: &str, ty: &EventType) -> String {
+    format!("{prefix}.*.{}", encode_type(ty))
+}
+
+/// The relay of one stream. Run it on every instance: one relays, the others stand by.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    store: EventStore,
+    jetstream: Context,
+    config: RelayConfig,
+    active: Arc<AtomicBool>,
+}
+
+/// The relay's checkpoint row.
+#[derive(Debug, Clone, Default)]
+struct Checkpoint {
+    cursor: Cursor,
+    stream_created: Option<String>,
+    stream_sequence: u64,
+    relayed: i64,
+}
+
+impl Relay {
+    /// A relay from `store` into JetStream through `client`.
+    pub fn new(store: EventStore, client: async_nats::Client, config: RelayConfig) -> Self {
+        Self {
+            store,
+            jetstream: jetstream::new(client),
+            config,
+            active: Arc::default(),
+        }
+    }
+
+    /// Whether this instance holds the lock and relays right now.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// The stream's configuration. `sync_interval: always` is a server setting (2.10+), not a
+    /// stream one: see `deploy/nats-server.conf`.
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec![format!("{}.>", self.config.subject_prefix)],
+            duplicate_window: Duration::from_secs(self.config.duplicate_window_secs),
+            num_replicas: self.config.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    /// Runs until `shutdown`: takes the lock when it can, relays while it holds it.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let retry = Duration::from_millis(self.config.standby_retry_ms);
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(false) => {
+                    tracing::debug!(stream = %self.config.stream, "another instance relays; standing by");
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = %self.config.stream, "relay stopped; starting over")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(retry) => {}
+            }
+        }
+    }
+
+    /// Tries to become the active relay; relays until shutdown or an error. `Ok(false)`: the
+    /// lock is held elsewhere.
+    async fn lead(&self, shutdown: &CancellationToken) -> Result<bool> {
+        let options = self.store.pool().connect_options();
+        let mut lock = PgConnection::connect_with(&options).await?;
+        let key = format!("switchyard.relay.{}", self.config.stream);
+        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&key)
+            .fetch_one(&mut lock)
+            .await?;
+        if !won {
+            let _ = lock.close().await;
+            return Ok(false);
+        }
+        tracing::info!(stream = %self.config.stream, "this instance is the active relay");
+        self.active.store(true, Ordering::SeqCst);
+        let result = self.relay(&mut lock, shutdown).await;
+        self.active.store(false, Ordering::SeqCst);
+        // Closing the connection releases the lock for a standby.
+        let _ = lock.close().await;
+        result.map(|()| true)
+    }
+
+    async fn relay(&self, lock: &mut PgConnection, shutdown: &CancellationToken) -> Result<()> {
+        let mut wakeups = Wakeups::listen(&self.store).await?;
+        let idle = Duration::from_millis(self.config.reconcile_interval_ms);
+        let mut checkpoint = self.load_checkpoint().await?;
+        let mut next_reconcile = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= next_reconcile {
+                self.reconcile(&mut checkpoint).await?;
+                next_reconcile = tokio::time::Instant::now() + idle;
+            }
+            // Still the leader? A lost connection means the lock is gone.
+            sqlx::query("SELECT 1")
+                .execute(&mut *lock)
+                .await
+                .map_err(|_| Error::LostLock)?;
+
+            let page = self
+                .store
+                .read_all(checkpoint.cursor, &ReadFilter::default(), self.config.batch)
+                .await?;
+            let full = page.events.len() == self.config.batch as usize;
+            if !page.events.is_empty() {
+                let last_sequence = self.publish(&page.events).await?;
+                checkpoint.stream_sequence = checkpoint.stream_sequence.max(last_sequence);
+                checkpoint.relayed += page.events.len() as i64;
+                checkpoint.cursor = page.next;
+                self.save_checkpoint(&checkpoint).await?;
+                tracing::debug!(events = page.events.len(), cursor = %checkpoint.cursor, "relayed");
+            } else {
+                checkpoint.cursor = page.next;
+            }
+            if !full {
+                // Caught up: sleep until new events commit (or the watermark may have moved:
+                // an event that was held back by an older transaction shows up on the next
+                // round, woken by that transaction's own notification or the idle timeout).
+                let wait = if page.events.is_empty() {
+                    idle
+                } else {
+                    Duration::from_millis(1)
+                };
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    _ = wakeups.wait(wait) => {}
+                }
+            }
+        }
+    }
+
+    /// Publishes the events in order, with their acks awaited together; returns the last
+    /// JetStream sequence.
+    #[tracing::instrument(name = "relay.publish", skip_all, fields(events = events.len()))]
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<u64> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let body = serde_json::to_vec(&event.to_cloudevent()).map_err(js)?;
+            let mut message = jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(body))
+                .message_id(format!("{}:{}", event.workspace, event.position))
+                .header("Content-Type", "application/cloudevents+json")
+                .header("ce-id", event.id.as_str())
+                .header("ce-source", event.source.as_str())
+                .header("ce-type", event.ty.as_str())
+                .header("ce-subject", event.stream.as_str())
+                .header("ce-workspace", event.workspace.as_str())
+                .header("ce-sequence", event.position.to_string().as_str());
+            if let Some(traceparent) = &event.traceparent {
+                message = message.header("traceparent", traceparent.as_str());
+            }
+            let subject = subject(&self.config.subject_prefix, &event.workspace, &event.ty);
+            let ack = self
+                .jetstream
+                .send_publish(subject, message)
+                .await
+                .map_err(js)?;
+            acks.push(ack.into_future());
+        }
+        let acks = try_join_all(acks).await.map_err(js)?;
+        Ok(acks.iter().map(|a| a.sequence).max().unwrap_or_default())
+    }
+
+    /// Makes sure the stream exists and still holds what was relayed; otherwise starts over.
+    async fn reconcile(&self, checkpoint: &mut Checkpoint) -> Result<()> {
+        let mut stream = self
+            .jetstream
+            .get_or_create_stream(self.stream_config())
+            .await
+            .map_err(js)?;
+        let info = stream.info().await.map_err(js)?;
+        let created = info.created.to_string();
+        let recreated = checkpoint
+            .stream_created
+            .as_ref()
+            .is_some_and(|c| *c != created);
+        let lost = info.state.last_sequence < checkpoint.stream_sequence;
+        if recreated || lost || checkpoint.stream_created.is_none() {
+            if recreated || lost {
+                tracing::warn!(
+                    stream = %self.config.stream,
+                    recreated,
+                    last_sequence = info.state.last_sequence,
+                    acknowledged = checkpoint.stream_sequence,
+                    "JetStream stream is missing or behind the store; relaying everything again"
+                );
+                *checkpoint = Checkpoint::default();
+            }
+            checkpoint.stream_created = Some(created);
+            checkpoint.stream_sequence = info.state.last_sequence;
+            self.save_checkpoint(checkpoint).await?;
+        }
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self) -> Result<Checkpoint> {
+        let row: Option<(i64, i64, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id, position, stream_created, stream_sequence, relayed
+             FROM relay_checkpoints WHERE stream = $1",
+        )
+        .bind(&self.config.stream)
+        .fetch_optional(self.store.pool())
+        .await?;
+        Ok(row.map_or_else(
+            Checkpoint::default,
+            |(tx, position, created, seq, relayed)| Checkpoint {
+                cursor: Cursor {
+                    transaction: u64::try_from(tx).unwrap_or_default(),
+                    position,
+                },
+                stream_created: created,
+                stream_sequence: u64::try_from(seq).unwrap_or_default(),
+                relayed,
+            },
+        ))
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO relay_checkpoints
+                 (stream, transaction_id, position, stream_created, stream_sequence, relayed, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now())
+             ON CONFLICT (stream) DO UPDATE SET
+                 transaction_id = $2, position = $3, stream_created = $4,
+                 stream_sequence = $5, relayed = $6, updated_at = now()",
+        )
+        .bind(&self.config.stream)
+        .bind(i64::try_from(checkpoint.cursor.transaction).unwrap_or(i64::MAX))
+        .bind(checkpoint.cursor.position)
+        .bind(&checkpoint.stream_created)
+        .bind(i64::try_from(checkpoint.stream_sequence).unwrap_or(i64::MAX))
+        .bind(checkpoint.relayed)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Where the relay stands: its cursor and how many visible events it has not relayed yet
+    /// (counted up to `cap`).
+    pub async fn status(&self, cap: i64) -> Result<RelayStatus> {
+        let checkpoint = self.load_checkpoint().await?;
+        let lag = self.store.lag(checkpoint.cursor, cap).await?;
+        Ok(RelayStatus {
+            stream: self.config.stream.clone(),
+            cursor: checkpoint.cursor.to_string(),
+            relayed: checkpoint.relayed,
+            stream_sequence: checkpoint.stream_sequence,
+            lag_events: lag,
+        })
+    }
+}
+
+/// The relay's position, for operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelayStatus {
+    /// The JetStream stream.
+    pub stream: String,
+    /// The checkpoint.
+    pub cursor: String,
+    /// Events relayed since the stream was (re)created.
+    pub relayed: i64,
+    /// The last JetStream sequence acknowledged.
+    pub stream_sequence: u64,
+    /// Visible events not relayed yet (capped).
+    pub lag_events: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_become_subject_tokens() {
+        let ws = Workspace::parse("demo").unwrap();
+        let ty = EventType::parse("proposal.approved.v1").unwrap();
+        assert_eq!(subject("sy", &ws, &ty), "sy.demo.proposal.approved.v1");
+        assert_eq!(type_filter("sy", &ty), "sy.*.proposal.approved.v1");
+        for odd in [
+            "com.example.Order Placed",
+            "a.*.b",
+            "a.>",
+            "a..b",
+            ".a",
+            "_x.y",
+            "é.v1",
+        ] {
+            let ty = EventType::parse(odd).unwrap();
+            let token = encode_type(&ty);
+            assert!(token.starts_with('_'), "{odd} -> {token}");
+            assert!(!token.contains(['.', ' ', '*', '>']), "{odd} -> {token}");
+        }
+        // Distinct types never share a subject.
+        let a = encode_type(&EventType::parse("a b").unwrap());
+        let b = encode_type(&EventType::parse("a_b").unwrap());
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,109 @@
+//! Test-only helpers. Tests talk to real services: the machine's PostgreSQL (`DATABASE_URL`,
+//! one database per test through `#[sqlx::test]`) and nats-server — the shared one
+//! (`NATS_URL`) with a unique stream and subject prefix per test, or, for tests that kill or
+//! restart it, a [`NatsServer`] of their own on a free loopback port with its own store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers for tests: fail loudly
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// The shared nats-server (`NATS_URL`, default `nats://127.0.0.1:4222`).
+pub fn shared_nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A name no other test uses: a JetStream stream name or subject prefix (`t` + 12 hex).
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &id[..12])
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A nats-server with JetStream of a test's own: its own port and store directory, so that a
+/// test may kill, stop and restart it without touching anyone else. Killed on drop; its store
+/// directory is removed.
+#[derive(Debug)]
+pub struct NatsServer {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let store = std::env::temp_dir().join(unique("sy-nats-"));
+        std::fs::create_dir_all(&store).unwrap();
+        let mut server = Self {
+            port: free_port(),
+            store,
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server (its store stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if async_nats::connect(self.url()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "nats-server on port {} did not come up within 5 s",
+            self.port
+        );
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
