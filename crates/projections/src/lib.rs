@@ -1,0 +1,398 @@
+//! Projections: read models built from the event store in global order.
+//!
+//! Invariants this crate owns:
+//! - a projection's tables and its checkpoint change in **one transaction**, so a crash never
+//!   applies an event twice or skips one;
+//! - only the projection writes its tables: they live in a schema of its own,
+//!   `proj_<name>`, and its `apply` runs with `search_path` set to that schema;
+//! - a projection can be **rebuilt from position 0 without going offline**: the new tables are
+//!   built beside the old ones (schema `proj_<name>__next`) and swapped in by renaming schemas
+//!   in one transaction, under the same lock the live runner takes per batch;
+//! - several server instances may run the same projection: an advisory lock per batch and a
+//!   re-check of the checkpoint under it make them take turns, never apply twice.
+
+mod agent_state;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use sqlx::{Connection, PgConnection};
+use switchyard_events::{Cursor, RecordedEvent};
+use switchyard_store::{EventStore, ReadFilter, Wakeups};
+use tokio_util::sync::CancellationToken;
+
+pub use agent_state::AgentState;
+
+/// Result of the projection runner.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can stop a projection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// PostgreSQL failed, or a projection's SQL did.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Reading the store failed.
+    #[error("event store: {0}")]
+    Store(#[from] switchyard_store::Error),
+    /// No projection has this name.
+    #[error("no projection named {0:?}")]
+    Unknown(String),
+}
+
+/// A read model. `apply` runs inside the runner's transaction, with `search_path` set to the
+/// projection's own schema, so its SQL names its tables without a schema.
+pub trait Projection: Send + Sync + 'static {
+    /// Lowercase letters, digits and `_`; names the schema `proj_<name>`.
+    fn name(&self) -> &'static str;
+
+    /// Creates the projection's tables (run in an empty schema, with `search_path` set to it).
+    fn schema(&self) -> &'static str;
+
+    /// Applies one event. Events of types the projection ignores must be ignored.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
+
+/// Where a projection stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionStatus {
+    /// Its name.
+    pub name: String,
+    /// Its checkpoint.
+    pub cursor: String,
+    /// Events applied since it was (re)built.
+    pub applied: i64,
+    /// Visible events not applied yet (counted up to a cap).
+    pub lag_events: i64,
+}
+
+/// Runs projections: follows the store, applies, checkpoints, rebuilds.
+#[derive(Clone)]
+pub struct ProjectionRunner {
+    store: EventStore,
+    projections: Vec<Arc<dyn Projection>>,
+    batch: u32,
+}
+
+impl std::fmt::Debug for ProjectionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.projections.iter().map(|p| p.name()).collect();
+        f.debug_struct("ProjectionRunner")
+            .field("projections", &names)
+            .finish()
+    }
+}
+
+fn schema_name(name: &str) -> String {
+    format!("proj_{name}")
+}
+
+fn lock_key(name: &str) -> String {
+    format!("switchyard.projection.{name}")
+}
+
+impl ProjectionRunner {
+    /// A runner for `projections`, applying up to `batch` events per transaction.
+    pub fn new(store: EventStore, projections: Vec<Arc<dyn Projection>>, batch: u32) -> Self {
+        Self {
+            store,
+            projections,
+            batch: batch.max(1),
+        }
+    }
+
+    /// The built-in projections.
+    pub fn builtin() -> Vec<Arc<dyn Projection>> {
+        vec![Arc::new(AgentState)]
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<dyn Projection>> {
+        self.projections
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::Unknown(name.to_owned()))
+    }
+
+    /// Creates each projection's schema and tables if they do not exist yet.
+    pub async fn ensure_schemas(&self) -> Result<()> {
+        for projection in &self.projections {
+            let mut conn = self.store.pool().acquire().await?;
+            let mut tx = conn.begin().await?;
+            lock(&mut tx, projection.name()).await?;
+            create_schema(
+                &mut tx,
+                &schema_name(projection.name()),
+                projection.schema(),
+                false,
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the store until `shutdown`, one task per projection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tasks = Vec::new();
+        for projection in self.projections.clone() {
+            let runner = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                while !shutdown.is_cancelled() {
+                    if let Err(e) = runner.follow(&*projection, &shutdown).await {
+                        tracing::warn!(projection = projection.name(), error = %e, "projection stopped; restarting");
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn follow(
+        &self,
+        projection: &dyn Projection,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let mut wakeups = Wakeups::listen(&self.store).await?;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let applied = self.step(projection).await?;
+            if applied < self.batch as usize {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    _ = wakeups.wait(Duration::from_millis(if applied == 0 { 2_000 } else { 1 })) => {}
+                }
+            }
+        }
+    }
+
+    /// Applies the next batch of one projection; returns how many events it read.
+    pub async fn step(&self, projection: &dyn Projection) -> Result<usize> {
+        let name = projection.name();
+        let (cursor, _) = checkpoint(self.store.pool(), name).await?;
+        let page = self
+            .store
+            .read_all(cursor, &ReadFilter::default(), self.batch)
+            .await?;
+        if page.next == cursor {
+            return Ok(0);
+        }
+        let mut conn = self.store.pool().acquire().await?;
+        let mut tx = conn.begin().await?;
+        lock(&mut tx, name).await?;
+        // Another instance may have applied this page meanwhile: apply only from where the
+        // checkpoint stands now, under the lock.
+        let (now, _) = checkpoint(&mut *tx, name).await?;
+        if now != cursor {
+            return Ok(0);
+        }
+        apply_page(&mut tx, projection, &schema_name(name), &page.events).await?;
+        save_checkpoint(&mut tx, name, page.next, page.events.len() as i64, false).await?;
+        tx.commit().await?;
+        Ok(page.events.len())
+    }
+
+    /// Rebuilds a projection from position 0 beside the live one, then swaps it in. Returns
+    /// the number of events applied.
+    #[tracing::instrument(skip(self))]
+    pub async fn rebuild(&self, name: &str) -> Result<i64> {
+        let projection = Arc::clone(self.find(name)?);
+        let next_name = format!("{name}__next");
+        let next_schema = schema_name(&next_name);
+        {
+            let mut conn = self.store.pool().acquire().await?;
+            let mut tx = conn.begin().await?;
+            create_schema(&mut tx, &next_schema, projection.schema(), true).await?;
+            sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+                .bind(&next_name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        // Build beside the live tables, without their lock.
+        let mut cursor = Cursor::START;
+        let mut applied = 0i64;
+        loop {
+            let page = self
+                .store
+                .read_all(cursor, &ReadFilter::default(), self.batch)
+                .await?;
+            if page.events.is_empty() {
+                break;
+            }
+            let mut conn = self.store.pool().acquire().await?;
+            let mut tx = conn.begin().await?;
+            apply_page(&mut tx, &*projection, &next_schema, &page.events).await?;
+            tx.commit().await?;
+            applied += page.events.len() as i64;
+            cursor = page.next;
+        }
+        // Catch up and swap under the live runner's lock.
+        let mut conn = self.store.pool().acquire().await?;
+        let mut tx = conn.begin().await?;
+        lock(&mut tx, name).await?;
+        loop {
+            let page = self
+                .store
+                .read_all(cursor, &ReadFilter::default(), self.batch)
+                .await?;
+            if page.events.is_empty() {
+                break;
+            }
+            apply_page(&mut tx, &*projection, &next_schema, &page.events).await?;
+            applied += page.events.len() as i64;
+            cursor = page.next;
+        }
+        let live = schema_name(name);
+        let old = schema_name(&format!("{name}__old"));
+        for sql in [
+            format!("DROP SCHEMA IF EXISTS {old} CASCADE"),
+            format!("ALTER SCHEMA {live} RENAME TO {old}"),
+            format!("ALTER SCHEMA {next_schema} RENAME TO {live}"),
+            format!("DROP SCHEMA {old} CASCADE"),
+        ] {
+            sqlx::query(&sql).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        save_checkpoint(&mut tx, name, cursor, applied, true).await?;
+        tx.commit().await?;
+        tracing::info!(projection = name, applied, "rebuilt and swapped in");
+        Ok(applied)
+    }
+
+    /// Position and lag of every projection.
+    pub async fn status(&self, cap: i64) -> Result<Vec<ProjectionStatus>> {
+        let mut out = Vec::new();
+        for projection in &self.projections {
+            let (cursor, applied) = checkpoint(self.store.pool(), projection.name()).await?;
+            out.push(ProjectionStatus {
+                name: projection.name().to_owned(),
+                cursor: cursor.to_string(),
+                applied,
+                lag_events: self.store.lag(cursor, cap).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The projections this runner runs.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+}
+
+async fn lock(tx: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(lock_key(name))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn create_schema(
+    tx: &mut PgConnection,
+    schema: &str,
+    tables: &str,
+    fresh: bool,
+) -> Result<()> {
+    if fresh {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(tables).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn apply_page(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[RecordedEvent],
+) -> Result<()> {
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    for event in events {
+        projection.apply(&mut *tx, event).await?;
+    }
+    Ok(())
+}
+
+async fn checkpoint<'c, E>(executor: E, name: &str) -> Result<(Cursor, i64)>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    let row: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT transaction_id, position, applied FROM projection_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map_or((Cursor::START, 0), |(tx, position, applied)| {
+        (
+            Cursor {
+                transaction: u64::try_from(tx).unwrap_or_default(),
+                position,
+            },
+            applied,
+        )
+    }))
+}
+
+async fn save_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    cursor: Cursor,
+    applied: i64,
+    reset: bool,
+) -> Result<()> {
+    let sql = if reset {
+        "INSERT INTO projection_checkpoints (name, transaction_id, position, applied, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (name) DO UPDATE SET transaction_id = $2, position = $3, applied = $4, updated_at = now()"
+    } else {
+        "INSERT INTO projection_checkpoints (name, transaction_id, position, applied, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (name) DO UPDATE SET transaction_id = $2, position = $3,
+             applied = projection_checkpoints.applied + $4, updated_at = now()"
+    };
+    sqlx::query(sql)
+        .bind(name)
+        .bind(i64::try_from(cursor.transaction).unwrap_or(i64::MAX))
+        .bind(cursor.position)
+        .bind(applied)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
