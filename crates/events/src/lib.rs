@@ -10,6 +10,7 @@ mod catalog;
 mod envelope;
 mod ids;
 mod structured;
+mod subjects;
 
 pub use catalog::{Catalog, CatalogError, DataError, Origin, Schema, Violation, schema_uri};
 pub use envelope::{Cursor, ExpectedVersion, InvalidCursor, JSON, NewEvent, RecordedEvent};
@@ -17,6 +18,7 @@ pub use ids::{EventId, EventType, InvalidId, Source, StreamId, Workspace};
 pub use structured::{
     InvalidEvent, escape_pointer, is_json_media_type, parse_event, parse_expected_version,
 };
+pub use subjects::{encode_type, subject, type_filter};
 
 /// The CloudEvents SDK types, re-exported for bindings.
 pub use cloudevents;

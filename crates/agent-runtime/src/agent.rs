@@ -1,0 +1,188 @@
+//! What an agent is: a manifest and a handler, and the context a handler works in.
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use switchyard_events::{EventType, NewEvent, RecordedEvent, Source, StreamId};
+
+/// The event type that `remember` records.
+pub const MEMORY_RECORDED: &str = "agent.memory.recorded.v1";
+
+/// What an agent declares about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    /// Unique name: `a-z`, `0-9`, `-`, `_`; also its `source` (`/agents/<name>`).
+    pub name: String,
+    /// Its version; a new version re-registers.
+    pub version: String,
+    /// Capability tags.
+    pub capabilities: Vec<String>,
+    /// The event types it handles: one durable consumer each.
+    pub subscribes: Vec<EventType>,
+    /// The event types it may emit (`agent.memory.recorded.v1` is always allowed, through
+    /// `remember`).
+    pub emits: Vec<EventType>,
+}
+
+impl Manifest {
+    /// SHA-256 of the manifest's JSON: registration happens again only when it changes.
+    pub fn hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The data of its `agent.registered.v1` event.
+    pub(crate) fn registration(&self) -> Value {
+        json!({
+            "name": self.name,
+            "version": self.version,
+            "capabilities": self.capabilities,
+            "subscribes": self.subscribes,
+            "emits": self.emits,
+            "manifest_hash": self.hash(),
+        })
+    }
+}
+
+/// A handler's failure. The event is delivered again with backoff, and dead-lettered after
+/// the consumer's `max_deliver` deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+impl HandlerError {
+    /// A failure with a message for the dead-letter list.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(format!("database: {e}"))
+    }
+}
+
+/// An agent: handles events of the types it subscribes to, inside one transaction.
+pub trait Agent: Send + Sync + 'static {
+    /// Its manifest.
+    fn manifest(&self) -> &Manifest;
+
+    /// Handles one event. What it emits (through `ctx`) commits together with the record that
+    /// it handled the event, or not at all. It may run again for the same event only if it
+    /// failed before, so it must not act outside the transaction without making that
+    /// idempotent itself.
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a mut Context<'_>,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// What a handler may do: emit events, remember and recall, read through the transaction.
+#[derive(Debug)]
+pub struct Context<'t> {
+    tx: &'t mut PgConnection,
+    manifest: &'t Manifest,
+    cause: &'t RecordedEvent,
+    emitted: Vec<NewEvent>,
+}
+
+impl<'t> Context<'t> {
+    pub(crate) fn new(
+        tx: &'t mut PgConnection,
+        manifest: &'t Manifest,
+        cause: &'t RecordedEvent,
+    ) -> Self {
+        Self {
+            tx,
+            manifest,
+            cause,
+            emitted: Vec::new(),
+        }
+    }
+
+    pub(crate) fn into_emitted(self) -> Vec<NewEvent> {
+        self.emitted
+    }
+
+    /// The transaction the handler runs in, for reading (projections, the store).
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.tx
+    }
+
+    /// Emits an event caused by the one being handled: same workspace, `causationid` = the
+    /// handled event, `correlationid` carried on, `source` = `/agents/<name>`. Only types the
+    /// manifest declares may be emitted.
+    pub fn emit(&mut self, ty: &str, stream: &str, data: Value) -> Result<(), HandlerError> {
+        let ty = EventType::parse(ty).map_err(|e| HandlerError::new(e.to_string()))?;
+        if ty.as_str() != MEMORY_RECORDED && !self.manifest.emits.contains(&ty) {
+            return Err(HandlerError::new(format!(
+                "agent {} may not emit {ty}: its manifest does not declare it",
+                self.manifest.name
+            )));
+        }
+        let stream = StreamId::parse(stream).map_err(|e| HandlerError::new(e.to_string()))?;
+        let source = Source::parse(&format!("/agents/{}", self.manifest.name))
+            .map_err(|e| HandlerError::new(e.to_string()))?;
+        let mut event = NewEvent::new(self.cause.workspace.clone(), source, ty, stream, data);
+        event.correlation_id = Some(self.cause.correlation_id.clone());
+        event.causation_id = Some(self.cause.id.to_string());
+        event.traceparent = self.cause.traceparent.clone();
+        self.emitted.push(event);
+        Ok(())
+    }
+
+    /// One stream per remembered key, `agent/<name>/memory/<key>` (the key's SHA-256 when it
+    /// is not a valid stream id), so that concurrent handlers remembering different keys never
+    /// contend for a stream version, and recall reads one short stream.
+    fn memory_stream(&self, key: &str) -> String {
+        let stream = format!("agent/{}/memory/{key}", self.manifest.name);
+        if StreamId::parse(&stream).is_ok() {
+            stream
+        } else {
+            let digest: String = Sha256::digest(key.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("agent/{}/memory/sha256-{digest}", self.manifest.name)
+        }
+    }
+
+    /// Remembers `value` under `key`, in the handled event's workspace (an
+    /// `agent.memory.recorded.v1` event, committed with the rest).
+    pub fn remember(&mut self, key: &str, value: Value) -> Result<(), HandlerError> {
+        let stream = self.memory_stream(key);
+        let data = json!({"agent": self.manifest.name, "key": key, "value": value});
+        self.emit(MEMORY_RECORDED, &stream, data)
+    }
+
+    /// The last value remembered under `key` in this workspace, including what this handler
+    /// remembered so far. Read from the store itself, so it never lags.
+    pub async fn recall(&mut self, key: &str) -> Result<Option<Value>, HandlerError> {
+        let pending = self.emitted.iter().rev().find(|e| {
+            e.ty.as_str() == MEMORY_RECORDED
+                && e.data.get("key").and_then(Value::as_str) == Some(key)
+        });
+        if let Some(event) = pending {
+            return Ok(event.data.get("value").cloned());
+        }
+        let stream = self.memory_stream(key);
+        let value: Option<Value> = sqlx::query_scalar(
+            "SELECT data->'value' FROM events
+             WHERE workspace = $1 AND stream_id = $2 AND type = $3
+             ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(self.cause.workspace.as_str())
+        .bind(stream)
+        .bind(MEMORY_RECORDED)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(value)
+    }
+}

@@ -1,0 +1,597 @@
+//! The agent runtime: every agent is a set of JetStream durable pull consumers, one per
+//! subscribed event type (one filter subject each, which nats-server 2.9 supports), shared by
+//! all server instances — more instances, more throughput, no duplicate work.
+//!
+//! Invariants it owns:
+//! - **effectively once**: the record that agent A handled event X (`agent_handled`) and the
+//!   events A emitted for X commit in one transaction; a redelivery of X finds the record and
+//!   is only acknowledged. The JetStream ack comes after the commit;
+//! - **an agent emits only what its manifest declares**, each event caused by the handled one
+//!   (`causationid`) and in its correlation;
+//! - **a poison event never blocks the others**: a failure is NAKed with backoff while later
+//!   events proceed; after `max_deliver` deliveries the event is dead-lettered
+//!   (`agent.failed.v1` and a `dead_letters` row, in one transaction) and terminated.
+
+mod agent;
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::Connection;
+use switchyard_events::{
+    EventType, ExpectedVersion, NewEvent, RecordedEvent, Source, StreamId, Workspace, encode_type,
+    type_filter,
+};
+use switchyard_store::EventStore;
+use tokio_util::sync::CancellationToken;
+
+pub use agent::{Agent, Context, HandlerError, MEMORY_RECORDED, Manifest};
+
+/// The workspace that holds Switchyard's own events (agent registrations).
+pub const SYSTEM_WORKSPACE: &str = "system";
+
+/// Result of the runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the runtime itself (handler failures are [`HandlerError`]s).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The store refused or failed.
+    #[error("event store: {0}")]
+    Store(#[from] switchyard_store::Error),
+    /// JetStream failed.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    /// No dead letter has this id, or it was already resolved.
+    #[error("no unresolved dead letter {0}")]
+    NoDeadLetter(uuid::Uuid),
+    /// No agent has this name.
+    #[error("no agent named {0:?}")]
+    UnknownAgent(String),
+    /// The handler failed again on retry.
+    #[error("the handler failed again: {0}")]
+    StillFailing(HandlerError),
+}
+
+/// Why one attempt at handling did not commit.
+enum Failure {
+    /// The handler (or the database under it) failed.
+    Handler(HandlerError),
+    /// A concurrent writer took a stream version first: try again.
+    Race,
+}
+
+impl From<HandlerError> for Failure {
+    fn from(e: HandlerError) -> Self {
+        Self::Handler(e)
+    }
+}
+
+fn js<E: std::fmt::Display>(e: E) -> Error {
+    Error::JetStream(e.to_string())
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Deliveries before an event is dead-lettered.
+    pub max_deliver: i64,
+    /// How long JetStream waits for an ack before it redelivers, in seconds.
+    pub ack_wait_secs: u64,
+    /// First retry delay, doubled per delivery, in milliseconds.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Events handled at once per consumer and instance.
+    pub concurrency: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_deliver: 5,
+            ack_wait_secs: 30,
+            backoff_base_ms: 250,
+            backoff_max_ms: 10_000,
+            concurrency: 4,
+        }
+    }
+}
+
+/// A dead-lettered event, for operators.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// Its id (for retry).
+    pub id: uuid::Uuid,
+    /// The agent that gave up.
+    pub agent: String,
+    /// The event's global position.
+    pub event_position: i64,
+    /// The event's workspace.
+    pub workspace: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// Deliveries before it gave up.
+    pub deliveries: i32,
+    /// The last error.
+    pub error: String,
+    /// When it gave up.
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+    /// When a retry handled it.
+    pub resolved_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One consumer's state, for operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerStatus {
+    /// The agent.
+    pub agent: String,
+    /// The event type it consumes.
+    pub event_type: String,
+    /// The durable consumer's name.
+    pub consumer: String,
+    /// Messages not delivered yet.
+    pub pending: u64,
+    /// Delivered, not acknowledged yet.
+    pub ack_pending: usize,
+    /// Messages delivered more than once.
+    pub redelivered: usize,
+    /// When the agent last handled an event (any type).
+    pub last_handled: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The runtime of a set of agents.
+#[derive(Clone)]
+pub struct AgentRuntime {
+    store: EventStore,
+    jetstream: jetstream::Context,
+    stream: String,
+    subject_prefix: String,
+    config: RuntimeConfig,
+    agents: Vec<Arc<dyn Agent>>,
+}
+
+impl std::fmt::Debug for AgentRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .agents
+            .iter()
+            .map(|a| a.manifest().name.as_str())
+            .collect();
+        f.debug_struct("AgentRuntime")
+            .field("stream", &self.stream)
+            .field("agents", &names)
+            .finish()
+    }
+}
+
+/// The durable consumer of one agent for one type: `<agent>--<type as a token>`.
+pub fn consumer_name(agent: &str, ty: &EventType) -> String {
+    format!("{agent}--{}", encode_type(ty).replace('.', "_"))
+}
+
+impl AgentRuntime {
+    /// A runtime consuming the relay's `stream` (subjects `<subject_prefix>.>`).
+    pub fn new(
+        store: EventStore,
+        client: async_nats::Client,
+        stream: &str,
+        subject_prefix: &str,
+        config: RuntimeConfig,
+        agents: Vec<Arc<dyn Agent>>,
+    ) -> Self {
+        Self {
+            store,
+            jetstream: jetstream::new(client),
+            stream: stream.to_owned(),
+            subject_prefix: subject_prefix.to_owned(),
+            config,
+            agents,
+        }
+    }
+
+    /// The agents' manifests.
+    pub fn manifests(&self) -> Vec<Manifest> {
+        self.agents.iter().map(|a| a.manifest().clone()).collect()
+    }
+
+    /// Appends `agent.registered.v1` for each agent whose manifest changed since it last
+    /// registered (in the `system` workspace, stream `agent/<name>`).
+    pub async fn register(&self) -> Result<()> {
+        let workspace = Workspace::parse(SYSTEM_WORKSPACE).map_err(js)?;
+        for agent in &self.agents {
+            let manifest = agent.manifest();
+            let stream = StreamId::parse(&format!("agent/{}", manifest.name)).map_err(js)?;
+            let version = self.store.stream_version(&workspace, &stream).await?;
+            let last = if version == 0 {
+                None
+            } else {
+                self.store
+                    .read_stream(&workspace, &stream, version - 1, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+            };
+            let hash = manifest.hash();
+            if last.is_some_and(|e| {
+                e.data.get("manifest_hash").and_then(|h| h.as_str()) == Some(hash.as_str())
+            }) {
+                continue;
+            }
+            let event = NewEvent::new(
+                workspace.clone(),
+                Source::parse(&format!("/agents/{}", manifest.name)).map_err(js)?,
+                EventType::parse("agent.registered.v1").map_err(js)?,
+                stream,
+                manifest.registration(),
+            )
+            .expecting(ExpectedVersion::Exactly(version));
+            match self.store.append(vec![event]).await {
+                // Another instance registered the same manifest first.
+                Ok(_) | Err(switchyard_store::Error::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(agent = %manifest.name, version = %manifest.version, "agent registered");
+        }
+        Ok(())
+    }
+
+    /// Consumes until `shutdown`: one task per agent and subscribed type.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tasks = Vec::new();
+        for agent in &self.agents {
+            for ty in &agent.manifest().subscribes {
+                let runtime = self.clone();
+                let agent = Arc::clone(agent);
+                let ty = ty.clone();
+                let shutdown = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    while !shutdown.is_cancelled() {
+                        if let Err(e) = runtime.consume(&agent, &ty, &shutdown).await {
+                            tracing::warn!(agent = %agent.manifest().name, event.r#type = %ty, error = %e, "consumer stopped; restarting");
+                            tokio::select! {
+                                () = shutdown.cancelled() => {}
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn consumer(
+        &self,
+        agent: &str,
+        ty: &EventType,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
+        let stream = self.jetstream.get_stream(&self.stream).await.map_err(js)?;
+        let name = consumer_name(agent, ty);
+        stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: type_filter(&self.subject_prefix, ty),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: Duration::from_secs(self.config.ack_wait_secs),
+                    max_deliver: self.config.max_deliver,
+                    max_ack_pending: 1_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(js)
+    }
+
+    async fn consume(
+        &self,
+        agent: &Arc<dyn Agent>,
+        ty: &EventType,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let consumer = self.consumer(&agent.manifest().name, ty).await?;
+        let mut messages = consumer.messages().await.map_err(js)?;
+        let concurrency = self.config.concurrency.max(1);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                message = messages.next(), if in_flight.len() < concurrency => {
+                    match message {
+                        Some(Ok(message)) => in_flight.push(self.process(agent, message)),
+                        Some(Err(e)) => return Err(js(e)),
+                        None => return Err(Error::JetStream("the consumer's message stream ended".into())),
+                    }
+                }
+            }
+        }
+        while in_flight.next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Handles one delivery; never fails: errors become NAKs, dead letters or redeliveries.
+    async fn process(&self, agent: &Arc<dyn Agent>, message: jetstream::Message) {
+        let name = agent.manifest().name.as_str();
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let position = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("ce-sequence"))
+            .and_then(|v| v.as_str().parse::<i64>().ok());
+        let event = match position {
+            Some(position) => self.store.get(position).await,
+            None => Ok(None),
+        };
+        let event = match event {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                tracing::error!(
+                    agent = name,
+                    ?position,
+                    "a message names no stored event; terminating it"
+                );
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(agent = name, error = %e, "cannot load the event; retrying");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
+                    .await;
+                return;
+            }
+        };
+        match self.handle(agent, &event).await {
+            Ok(()) => {
+                // After the commit. If this ack is lost, the redelivery finds the record.
+                let _ = message.ack().await;
+            }
+            Err(failure) if delivered >= self.config.max_deliver => {
+                match self.dead_letter(name, &event, delivered, &failure).await {
+                    Ok(()) => {
+                        let _ = message.ack_with(AckKind::Term).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(agent = name, error = %e, "cannot dead-letter; leaving it for redelivery");
+                    }
+                }
+            }
+            Err(failure) => {
+                tracing::warn!(agent = name, event.id = %event.id, delivered, error = %failure, "handler failed; will retry");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
+                    .await;
+            }
+        }
+    }
+
+    fn backoff(&self, delivered: i64) -> Duration {
+        let exponent = u32::try_from(delivered.clamp(1, 20) - 1).unwrap_or(0);
+        let ms = self.config.backoff_base_ms.saturating_mul(1u64 << exponent);
+        Duration::from_millis(ms.min(self.config.backoff_max_ms))
+    }
+
+    /// Runs the handler in a transaction with the "handled" record. `Ok` also when the event
+    /// was handled before (a redelivery). A race with a concurrent writer of the same stream is
+    /// not the handler's failure: the whole transaction runs again (a few times, with jitter)
+    /// before it counts as a failed delivery.
+    #[tracing::instrument(name = "agent.handle", skip_all, fields(agent.name = %agent.manifest().name, event.id = %event.id, event.r#type = %event.ty, correlation.id = %event.correlation_id))]
+    async fn handle(
+        &self,
+        agent: &Arc<dyn Agent>,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        const ATTEMPTS: u64 = 8;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_handle(agent, event).await {
+                Err(Failure::Race) if attempt < ATTEMPTS => {
+                    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 20;
+                    tokio::time::sleep(Duration::from_millis(attempt * 5 + jitter)).await;
+                }
+                Err(Failure::Race) => {
+                    return Err(HandlerError::new(
+                        "lost the race for a stream version too often; will retry",
+                    ));
+                }
+                Err(Failure::Handler(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn try_handle(
+        &self,
+        agent: &Arc<dyn Agent>,
+        event: &RecordedEvent,
+    ) -> Result<(), Failure> {
+        let manifest = agent.manifest();
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(HandlerError::from)?;
+        let mut tx = conn.begin().await.map_err(HandlerError::from)?;
+        let fresh = sqlx::query(
+            "INSERT INTO agent_handled (agent, event_position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&manifest.name)
+        .bind(event.position)
+        .execute(&mut *tx)
+        .await
+        .map_err(HandlerError::from)?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(());
+        }
+        let mut ctx = Context::new(&mut tx, manifest, event);
+        agent.handle(&mut ctx, event).await?;
+        let emitted = ctx.into_emitted();
+        if !emitted.is_empty() {
+            match self.store.append_in(&mut tx, emitted).await {
+                Ok(_) => {}
+                Err(switchyard_store::Error::ConcurrentWrite) => return Err(Failure::Race),
+                Err(e) => {
+                    return Err(
+                        HandlerError::new(format!("appending the agent's events: {e}")).into(),
+                    );
+                }
+            }
+        }
+        tx.commit().await.map_err(HandlerError::from)?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        agent: &str,
+        event: &RecordedEvent,
+        delivered: i64,
+        failure: &HandlerError,
+    ) -> Result<()> {
+        let mut conn = self.store.pool().acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO dead_letters (id, agent, event_position, workspace, event_id, event_type, deliveries, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (agent, event_position) DO UPDATE SET
+                 deliveries = dead_letters.deliveries + $7, error = $8, failed_at = now(), resolved_at = NULL",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(agent)
+        .bind(event.position)
+        .bind(event.workspace.as_str())
+        .bind(event.id.as_str())
+        .bind(event.ty.as_str())
+        .bind(i32::try_from(delivered).unwrap_or(i32::MAX))
+        .bind(&failure.0)
+        .execute(&mut *tx)
+        .await?;
+        let mut failed = NewEvent::new(
+            event.workspace.clone(),
+            Source::parse(&format!("/agents/{agent}")).map_err(js)?,
+            EventType::parse("agent.failed.v1").map_err(js)?,
+            StreamId::parse(&format!("agent/{agent}")).map_err(js)?,
+            json!({
+                "agent": agent,
+                "event_id": event.id,
+                "event_type": event.ty,
+                "event_sequence": event.position,
+                "deliveries": delivered.max(1),
+                "error": failure.0.chars().take(2000).collect::<String>(),
+            }),
+        );
+        failed.correlation_id = Some(event.correlation_id.clone());
+        failed.causation_id = Some(event.id.to_string());
+        self.store.append_in(&mut tx, vec![failed]).await?;
+        tx.commit().await?;
+        tracing::error!(agent, event.id = %event.id, delivered, error = %failure, "event dead-lettered");
+        Ok(())
+    }
+
+    /// The dead-letter list, newest first.
+    pub async fn dead_letters(&self, unresolved_only: bool) -> Result<Vec<DeadLetter>> {
+        Ok(sqlx::query_as(
+            "SELECT id, agent, event_position, workspace, event_id, event_type, deliveries, error, failed_at, resolved_at
+             FROM dead_letters WHERE NOT $1 OR resolved_at IS NULL ORDER BY failed_at DESC LIMIT 1000",
+        )
+        .bind(unresolved_only)
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// Runs the agent's handler again for a dead-lettered event (after a fix). On success the
+    /// event counts as handled (once) and the dead letter is resolved.
+    pub async fn retry_dead_letter(&self, id: uuid::Uuid) -> Result<DeadLetter> {
+        let letter: DeadLetter = sqlx::query_as(
+            "SELECT id, agent, event_position, workspace, event_id, event_type, deliveries, error, failed_at, resolved_at
+             FROM dead_letters WHERE id = $1 AND resolved_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(self.store.pool())
+        .await?
+        .ok_or(Error::NoDeadLetter(id))?;
+        let agent = self
+            .agents
+            .iter()
+            .find(|a| a.manifest().name == letter.agent)
+            .ok_or_else(|| Error::UnknownAgent(letter.agent.clone()))?;
+        let event = self
+            .store
+            .get(letter.event_position)
+            .await?
+            .ok_or(Error::NoDeadLetter(id))?;
+        self.handle(agent, &event)
+            .await
+            .map_err(Error::StillFailing)?;
+        let resolved: DeadLetter = sqlx::query_as(
+            "UPDATE dead_letters SET resolved_at = now() WHERE id = $1
+             RETURNING id, agent, event_position, workspace, event_id, event_type, deliveries, error, failed_at, resolved_at",
+        )
+        .bind(id)
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(resolved)
+    }
+
+    /// Every consumer's state.
+    pub async fn status(&self) -> Result<Vec<ConsumerStatus>> {
+        let mut out = Vec::new();
+        for agent in &self.agents {
+            let name = &agent.manifest().name;
+            let last_handled: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("SELECT max(handled_at) FROM agent_handled WHERE agent = $1")
+                    .bind(name)
+                    .fetch_one(self.store.pool())
+                    .await?;
+            for ty in &agent.manifest().subscribes {
+                let consumer = consumer_name(name, ty);
+                let (pending, ack_pending, redelivered) =
+                    match self.jetstream.get_stream(&self.stream).await {
+                        Ok(stream) => match stream.get_consumer::<pull::Config>(&consumer).await {
+                            Ok(mut c) => match c.info().await {
+                                Ok(info) => {
+                                    (info.num_pending, info.num_ack_pending, info.num_redelivered)
+                                }
+                                Err(_) => (0, 0, 0),
+                            },
+                            Err(_) => (0, 0, 0),
+                        },
+                        Err(_) => (0, 0, 0),
+                    };
+                out.push(ConsumerStatus {
+                    agent: name.clone(),
+                    event_type: ty.to_string(),
+                    consumer,
+                    pending,
+                    ack_pending,
+                    redelivered,
+                    last_handled,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

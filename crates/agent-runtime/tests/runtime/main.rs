@@ -1,0 +1,362 @@
+//! Agent runtime tests: real PostgreSQL (a database per test), the real nats-server with a
+//! stream and subject prefix of the test's own, and the real relay in between.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchyard_agent_runtime::{
+    Agent, AgentRuntime, Context, HandlerError, Manifest, RuntimeConfig,
+};
+use switchyard_events::{Catalog, EventType, NewEvent, RecordedEvent, Source, StreamId, Workspace};
+use switchyard_relay::{Relay, RelayConfig};
+use switchyard_store::{EventStore, StoreConfig};
+use switchyard_testkit::{shared_nats_url, unique};
+use tokio_util::sync::CancellationToken;
+
+/// Answers each `retrospective.trigger.v1` with a `retrospective.completed.v1`; fails on
+/// triggers whose id starts with `poison` until it is fixed; tries to emit an undeclared type
+/// for ids starting with `rogue`.
+struct Echo {
+    manifest: Manifest,
+    fixed: AtomicBool,
+    handled: AtomicUsize,
+}
+
+impl Echo {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            manifest: Manifest {
+                name: "echo".into(),
+                version: "1.0.0".into(),
+                capabilities: vec!["testing".into()],
+                subscribes: vec![EventType::parse("retrospective.trigger.v1").unwrap()],
+                emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
+            },
+            fixed: AtomicBool::new(false),
+            handled: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Agent for Echo {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a mut Context<'_>,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let id = event.data["retrospective_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if id.starts_with("poison") && !self.fixed.load(Ordering::SeqCst) {
+                return Err(HandlerError::new("cannot digest this one"));
+            }
+            if id.starts_with("rogue") {
+                ctx.emit("proposal.approved.v1", "proposal/x", json!({}))?;
+            }
+            let key = format!("seen-{id}");
+            ctx.remember(&key, json!(true))?;
+            if ctx.recall(&key).await? != Some(json!(true)) {
+                return Err(HandlerError::new("recall lost what was just remembered"));
+            }
+            ctx.emit(
+                "retrospective.completed.v1",
+                &format!("retrospective/{id}"),
+                json!({"retrospective_id": id, "metrics": {}, "insights": [], "action_items": []}),
+            )?;
+            self.handled.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+struct Setup {
+    store: EventStore,
+    client: async_nats::Client,
+    relay: RelayConfig,
+    shutdown: CancellationToken,
+}
+
+impl Setup {
+    async fn new(pool: &PgPool) -> Self {
+        let store = EventStore::new(
+            pool.clone(),
+            Arc::new(Catalog::builtin().unwrap()),
+            &StoreConfig::default(),
+        );
+        let client = async_nats::connect(shared_nats_url()).await.unwrap();
+        let relay = RelayConfig {
+            stream: unique("T"),
+            subject_prefix: unique("t"),
+            reconcile_interval_ms: 200,
+            ..RelayConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(
+            Relay::new(store.clone(), client.clone(), relay.clone()).run(shutdown.clone()),
+        );
+        // The relay creates the stream; consumers need it.
+        let js = async_nats::jetstream::new(client.clone());
+        for _ in 0..100 {
+            if js.get_stream(&relay.stream).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            store,
+            client,
+            relay,
+            shutdown,
+        }
+    }
+
+    fn runtime(&self, agent: Arc<Echo>, config: RuntimeConfig) -> AgentRuntime {
+        AgentRuntime::new(
+            self.store.clone(),
+            self.client.clone(),
+            &self.relay.stream,
+            &self.relay.subject_prefix,
+            config,
+            vec![agent as Arc<dyn Agent>],
+        )
+    }
+
+    async fn trigger(&self, id: &str) -> String {
+        let event = NewEvent::new(
+            Workspace::parse("demo").unwrap(),
+            Source::parse("/tests").unwrap(),
+            EventType::parse("retrospective.trigger.v1").unwrap(),
+            StreamId::parse(&format!("retrospective/{id}")).unwrap(),
+            json!({"retrospective_id": id, "reason": "manual", "requested_by": "test"}),
+        );
+        let event_id = event.id.to_string();
+        self.store.append(vec![event]).await.unwrap();
+        event_id
+    }
+
+    async fn teardown(self) {
+        self.shutdown.cancel();
+        let _ = async_nats::jetstream::new(self.client)
+            .delete_stream(&self.relay.stream)
+            .await;
+    }
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn wait_for(pool: &PgPool, sql: &'static str, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = count(pool, sql).await;
+        if got >= n {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let letters: Vec<(String, i32)> =
+                sqlx::query_as("SELECT error, deliveries FROM dead_letters")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+            let handled = count(pool, "SELECT count(*) FROM agent_handled").await;
+            panic!("{sql}: {got} of {n}; handled records: {handled}; dead letters: {letters:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const COMPLETED: &str = "SELECT count(*) FROM events WHERE type = 'retrospective.completed.v1'";
+
+fn fast() -> RuntimeConfig {
+    RuntimeConfig {
+        max_deliver: 3,
+        backoff_base_ms: 50,
+        backoff_max_ms: 200,
+        ..RuntimeConfig::default()
+    }
+}
+
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn each_event_is_handled_once_and_its_effects_are_caused_by_it(pool: PgPool) {
+    let setup = Setup::new(&pool).await;
+    let agent = Echo::new();
+    let runtime = setup.runtime(Arc::clone(&agent), fast());
+    runtime.register().await.unwrap();
+    runtime.register().await.unwrap(); // unchanged manifest: no second registration
+    tokio::spawn(runtime.clone().run(setup.shutdown.clone()));
+
+    let mut triggers = Vec::new();
+    for i in 0..40 {
+        triggers.push(setup.trigger(&format!("r{i}")).await);
+    }
+    wait_for(&pool, COMPLETED, 40).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(count(&pool, COMPLETED).await, 40, "nothing handled twice");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM agent_handled WHERE agent = 'echo'"
+        )
+        .await,
+        40
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE type = 'agent.registered.v1'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE type = 'agent.memory.recorded.v1'"
+        )
+        .await,
+        40
+    );
+    // Every completion is caused by its trigger, in the trigger's correlation, from the agent.
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT c.causation_id, t.id, c.correlation_id, c.source FROM events c
+         JOIN events t ON t.id = c.causation_id
+         WHERE c.type = 'retrospective.completed.v1'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 40);
+    for (causation, trigger, correlation, source) in rows {
+        assert_eq!(causation, trigger);
+        assert_eq!(
+            correlation, trigger,
+            "a trigger without correlation id starts its own"
+        );
+        assert_eq!(source, "/agents/echo");
+    }
+    let status = runtime.status().await.unwrap();
+    assert_eq!(status[0].consumer, "echo--retrospective_trigger_v1");
+    assert!(status[0].last_handled.is_some());
+    setup.teardown().await;
+}
+
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_poison_event_is_dead_lettered_while_the_others_pass(pool: PgPool) {
+    let setup = Setup::new(&pool).await;
+    let agent = Echo::new();
+    let runtime = setup.runtime(Arc::clone(&agent), fast());
+    tokio::spawn(runtime.clone().run(setup.shutdown.clone()));
+
+    let poison = setup.trigger("poison-1").await;
+    setup.trigger("rogue-1").await;
+    for i in 0..10 {
+        setup.trigger(&format!("ok{i}")).await;
+    }
+    wait_for(&pool, COMPLETED, 10).await;
+    wait_for(&pool, "SELECT count(*) FROM dead_letters", 2).await;
+
+    let letters = runtime.dead_letters(true).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    let poison_letter = letters.iter().find(|l| l.event_id == poison).unwrap();
+    assert_eq!(poison_letter.deliveries, 3);
+    assert!(poison_letter.error.contains("cannot digest"));
+    let rogue = letters.iter().find(|l| l.event_id != poison).unwrap();
+    assert!(
+        rogue.error.contains("may not emit proposal.approved.v1"),
+        "{}",
+        rogue.error
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE type = 'agent.failed.v1'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE type = 'proposal.approved.v1'"
+        )
+        .await,
+        0,
+        "nothing undeclared escaped"
+    );
+    assert_eq!(count(&pool, COMPLETED).await, 10);
+
+    // After a fix, a retry handles it exactly once.
+    agent.fixed.store(true, Ordering::SeqCst);
+    let resolved = runtime.retry_dead_letter(poison_letter.id).await.unwrap();
+    assert!(resolved.resolved_at.is_some());
+    assert!(
+        runtime.retry_dead_letter(poison_letter.id).await.is_err(),
+        "resolved letters are not retried"
+    );
+    assert_eq!(count(&pool, COMPLETED).await, 11);
+    let value: Value = sqlx::query_scalar(
+        "SELECT count(*)::int8 FROM events WHERE type = 'retrospective.completed.v1' AND data->>'retrospective_id' = 'poison-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .map(|n: i64| json!(n))
+    .unwrap();
+    assert_eq!(value, json!(1));
+    // The rogue one still fails: its retry says so and stays unresolved.
+    assert!(runtime.retry_dead_letter(rogue.id).await.is_err());
+    assert_eq!(runtime.dead_letters(true).await.unwrap().len(), 1);
+    setup.teardown().await;
+}
+
+/// Two instances share the durable consumer: the work is split, nothing is handled twice.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn two_instances_split_the_work_and_never_duplicate_it(pool: PgPool) {
+    let setup = Setup::new(&pool).await;
+    let (one, two) = (Echo::new(), Echo::new());
+    let config = RuntimeConfig {
+        concurrency: 2,
+        ..fast()
+    };
+    tokio::spawn(
+        setup
+            .runtime(Arc::clone(&one), config.clone())
+            .run(setup.shutdown.clone()),
+    );
+    tokio::spawn(
+        setup
+            .runtime(Arc::clone(&two), config)
+            .run(setup.shutdown.clone()),
+    );
+
+    for i in 0..150 {
+        setup.trigger(&format!("s{i}")).await;
+    }
+    wait_for(&pool, COMPLETED, 150).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&pool, COMPLETED).await, 150);
+    let (a, b) = (
+        one.handled.load(Ordering::SeqCst),
+        two.handled.load(Ordering::SeqCst),
+    );
+    assert_eq!(a + b, 150, "each event handled by exactly one instance");
+    assert!(a > 0 && b > 0, "both instances took work: {a} and {b}");
+    setup.teardown().await;
+}
