@@ -159,12 +159,18 @@ async fn a_following_reader_sees_every_committed_event_once_in_order(
     const ROUNDS: usize = 12;
 
     let done = Arc::new(AtomicBool::new(false));
+    // Set once the writers are done: how many events the reader must end up with. (An empty
+    // page alone does not mean the end: events wait for every older transaction of the
+    // cluster, and parallel tests hold some open.)
+    let expected = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
     let reader = {
         let store = store.clone();
         let done = Arc::clone(&done);
+        let expected = Arc::clone(&expected);
         tokio::spawn(async move {
             let mut cursor = Cursor::START;
             let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
                 let finished = done.load(Ordering::SeqCst);
                 let page = store
@@ -182,9 +188,22 @@ async fn a_following_reader_sees_every_committed_event_once_in_order(
                 }
                 assert!(page.next >= cursor);
                 cursor = page.next;
-                if finished && page.events.is_empty() {
+                if finished
+                    && page.events.is_empty()
+                    && seen.len() >= expected.load(Ordering::SeqCst)
+                {
+                    // Read once more after reaching the count: nothing beyond it may appear.
+                    let more = store
+                        .read_all(cursor, &ReadFilter::default(), 37)
+                        .await
+                        .unwrap();
+                    assert!(more.events.is_empty(), "events beyond the committed ones");
                     return seen;
                 }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the reader never saw all events"
+                );
                 if page.events.is_empty() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -241,6 +260,7 @@ async fn a_following_reader_sees_every_committed_event_once_in_order(
         committed.extend(c);
         rolled_back.extend(r);
     }
+    expected.store(committed.len(), Ordering::SeqCst);
     done.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
 
