@@ -21,6 +21,8 @@ struct Server {
     address: String,
     database: String,
     admin_url: String,
+    nats: String,
+    stream: String,
 }
 
 impl Server {
@@ -35,11 +37,16 @@ impl Server {
             .unwrap();
         let url = with_database(&admin_url, &database);
         let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        // A JetStream stream and subject prefix of this test's own.
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let stream = format!("E2E{tag}");
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("DATABASE_URL", &url)
-            .env("NATS_URL", nats)
+            .env("NATS_URL", &nats)
+            .env("SWITCHYARD_RELAY__STREAM", &stream)
+            .env("SWITCHYARD_RELAY__SUBJECT_PREFIX", format!("e{tag}"))
             .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -62,6 +69,8 @@ impl Server {
             address,
             database,
             admin_url,
+            nats,
+            stream,
         }
     }
 
@@ -107,6 +116,10 @@ impl Server {
 
     async fn stop(mut self) {
         self.child.kill().await.unwrap();
+        let client = async_nats::connect(&self.nats).await.unwrap();
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&self.stream)
+            .await;
         let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
         admin
             .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database).as_str())
@@ -250,6 +263,42 @@ async fn a_cloudevent_posted_over_http_is_stored_and_read_back() {
     assert_eq!(events[2]["data"]["value"], "curious");
     assert_eq!(events[2]["workspace"], "demo");
     assert_eq!(events[0]["type"], "workspace.created.v1");
+
+    // The machinery behind: the relay published the three events, the projections follow.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let (code, body) = server.request("GET", "/v1/ops/status", &[AUTH], "").await;
+        assert_eq!(code, 200, "{body}");
+        status = body;
+        if status["relay"]["status"]["relayed"] == 3 && status["projections"][0]["applied"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["relay"]["status"]["relayed"], 3, "{status}");
+    assert_eq!(status["relay"]["active_here"], true);
+    assert_eq!(status["projections"][0]["name"], "agent_state");
+    assert_eq!(status["projections"][0]["applied"], 3, "{status}");
+    let client = async_nats::connect(&server.nats).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(&server.stream)
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+
+    let (code, body) = server
+        .request("GET", "/v1/ops/dead-letters", &[AUTH], "")
+        .await;
+    assert_eq!((code, body), (200, json!({"dead_letters": []})));
+    let (code, _) = server
+        .request(
+            "POST",
+            "/v1/ops/dead-letters/01890000-0000-7000-8000-000000000000/retry",
+            &[AUTH],
+            "",
+        )
+        .await;
+    assert_eq!(code, 404);
 
     server.stop().await;
 }

@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 mod events;
+mod ops;
 mod workspaces;
 
 use std::{
@@ -34,6 +35,7 @@ pub use auth::{
     BootstrapError, MIN_TOKEN_LEN, Principal, Scope, bootstrap_admin_token, token_hash,
 };
 pub use error::ApiError;
+pub use ops::{Ops, OpsError};
 
 /// Limits and defaults of the HTTP API.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +73,14 @@ pub struct AppState {
     config: Arc<ApiConfig>,
     /// Workspaces known to exist. Workspaces are never deleted, so a hit is always right.
     known_workspaces: Arc<RwLock<HashSet<Workspace>>>,
+    /// The running machinery, for the ops routes.
+    ops: Option<Arc<dyn Ops>>,
+}
+
+impl std::fmt::Debug for dyn Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ops")
+    }
 }
 
 impl AppState {
@@ -81,7 +91,15 @@ impl AppState {
             nats,
             config: Arc::new(config),
             known_workspaces: Arc::default(),
+            ops: None,
         }
+    }
+
+    /// Plugs in the ops routes.
+    #[must_use]
+    pub fn with_ops(mut self, ops: Arc<dyn Ops>) -> Self {
+        self.ops = Some(ops);
+        self
     }
 
     /// The `workspace.created.v1` event of a workspace, if it exists.
@@ -135,6 +153,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{ws}", get(workspaces::get))
         .route("/v1/schemas", get(list_schemas))
         .route("/v1/schemas/{ty}", get(get_schema))
+        .route("/v1/ops/status", get(ops::status))
+        .route("/v1/ops/dead-letters", get(ops::dead_letters))
+        .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .merge(events)
         .route_layer(middleware::from_fn_with_state(

@@ -19,6 +19,8 @@ use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
 /// The stream that holds a workspace's own lifecycle.
 pub(crate) const WORKSPACE_STREAM: &str = "workspace";
 const CREATED: &str = "workspace.created.v1";
+/// Holds Switchyard's own events (agent registrations); nobody may create it.
+const RESERVED: &str = "system";
 
 fn view(event: &RecordedEvent) -> Value {
     let mut view = event.data.clone();
@@ -44,6 +46,12 @@ pub(crate) async fn create(
         Some(_) => return Err(ApiError::bad_request("id must be a string").at("/id")),
         None => return Err(ApiError::bad_request("id is required").at("/id")),
     };
+    if id.as_str() == RESERVED {
+        return Err(ApiError::bad_request(format!(
+            "workspace id {RESERVED:?} is reserved for Switchyard's own events"
+        ))
+        .at("/id"));
+    }
     let event = NewEvent::new(
         id.clone(),
         Source::parse("/api").map_err(ApiError::from)?,

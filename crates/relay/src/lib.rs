@@ -271,6 +271,7 @@ impl Relay {
 
     /// Makes sure the stream exists and still holds what was relayed; otherwise starts over.
     async fn reconcile(&self, checkpoint: &mut Checkpoint) -> Result<()> {
+        check_server_version(&self.jetstream.client().server_info().version)?;
         let mut stream = self
             .jetstream
             .get_or_create_stream(self.stream_config())
@@ -358,6 +359,20 @@ impl Relay {
     }
 }
 
+/// Refuses nats-server versions older than 2.9: Switchyard relies on JetStream with
+/// `Nats-Msg-Id` de-duplication and one filter subject per consumer, which 2.9 has. (An empty
+/// version means not connected yet; the publish will fail and be retried.)
+fn check_server_version(version: &str) -> Result<()> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if !version.is_empty() && (major, minor) < (2, 9) {
+        return Err(Error::JetStream(format!(
+            "nats-server {version} is too old: Switchyard needs 2.9 or later"
+        )));
+    }
+    Ok(())
+}
+
 /// The relay's position, for operators.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RelayStatus {
@@ -371,4 +386,17 @@ pub struct RelayStatus {
     pub stream_sequence: u64,
     /// Visible events not relayed yet (capped).
     pub lag_events: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn old_servers_are_refused() {
+        assert!(super::check_server_version("2.9.10").is_ok());
+        assert!(super::check_server_version("2.12.1").is_ok());
+        assert!(super::check_server_version("3.0.0").is_ok());
+        assert!(super::check_server_version("").is_ok());
+        assert!(super::check_server_version("2.8.4").is_err());
+        assert!(super::check_server_version("1.4.0").is_err());
+    }
 }

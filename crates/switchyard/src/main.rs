@@ -1,5 +1,6 @@
 //! `switchyard`: the event-sourced control plane for software-development agents.
 
+mod ops;
 mod settings;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -8,10 +9,14 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret as _;
 use sqlx::{PgPool, postgres::PgPoolOptions};
+use switchyard_agent_runtime::{Agent, AgentRuntime};
 use switchyard_events::Catalog;
 use switchyard_http_api::{AppState, bootstrap_admin_token, router};
+use switchyard_projections::ProjectionRunner;
+use switchyard_relay::Relay;
 use switchyard_store::{EventStore, MIGRATOR};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use settings::{LogFormat, Settings};
 
@@ -42,6 +47,23 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Inspect or rebuild projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionCommand {
+    /// Position and lag of every projection.
+    Status,
+    /// Rebuild one projection from position 0 beside the live one, then swap it in (the live
+    /// read model stays online meanwhile).
+    Rebuild {
+        /// The projection's name (see `status`).
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -55,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             migrate(&pool).await
         }
         Command::Serve { listen } => serve(settings, listen).await,
+        Command::Projections { command } => projections(settings, command).await,
     }
 }
 
@@ -103,6 +126,40 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn projections(settings: Settings, command: ProjectionCommand) -> anyhow::Result<()> {
+    let catalog =
+        Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
+    let pool = connect(&settings).await?;
+    migrate(&pool).await?;
+    let store = EventStore::new(pool, Arc::new(catalog), &settings.store);
+    let runner = ProjectionRunner::new(
+        store,
+        ProjectionRunner::builtin(),
+        settings.projections.batch,
+    );
+    runner.ensure_schemas().await?;
+    match command {
+        ProjectionCommand::Status => {
+            for p in runner.status(1_000_000).await? {
+                println!(
+                    "{:<20} cursor {:<28} applied {:>10}  lag {:>8}",
+                    p.name, p.cursor, p.applied, p.lag_events
+                );
+            }
+        }
+        ProjectionCommand::Rebuild { name } => {
+            let started = std::time::Instant::now();
+            let applied = runner.rebuild(&name).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "rebuilt {name}: {applied} events in {seconds:.2} s ({:.0} events/s), swapped in",
+                applied as f64 / seconds.max(1e-9)
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let catalog =
         Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
@@ -128,7 +185,43 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         .with_context(|| format!("invalid NATS_URL {}", settings.nats.url))?;
 
     let store = EventStore::new(pool, Arc::new(catalog), &settings.store);
-    let app = router(AppState::new(store, Some(nats), settings.api.clone()));
+    let shutdown = CancellationToken::new();
+
+    // The machinery behind the API: relay, projections, agents. Every instance runs all of
+    // them; the relay is active on one, projections and consumers share the work.
+    let relay = Relay::new(store.clone(), nats.clone(), settings.relay.clone());
+    let projections = ProjectionRunner::new(
+        store.clone(),
+        ProjectionRunner::builtin(),
+        settings.projections.batch,
+    );
+    projections
+        .ensure_schemas()
+        .await
+        .context("creating projection tables")?;
+    // Built-in agents arrive with their issues (spec, git, …); the runtime is ready for them.
+    let agents: Vec<Arc<dyn Agent>> = Vec::new();
+    let runtime = AgentRuntime::new(
+        store.clone(),
+        nats.clone(),
+        &settings.relay.stream,
+        &settings.relay.subject_prefix,
+        settings.runtime.clone(),
+        agents,
+    );
+    runtime.register().await.context("registering agents")?;
+    let tasks = vec![
+        tokio::spawn(relay.clone().run(shutdown.clone())),
+        tokio::spawn(projections.clone().run(shutdown.clone())),
+        tokio::spawn(runtime.clone().run(shutdown.clone())),
+    ];
+    let ops = Arc::new(ops::ServerOps {
+        store: store.clone(),
+        relay,
+        projections,
+        runtime,
+    });
+    let app = router(AppState::new(store, Some(nats), settings.api.clone()).with_ops(ops));
 
     let address = listen.unwrap_or(settings.listen);
     let listener = TcpListener::bind(address)
@@ -138,10 +231,18 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
     // Scripts and tests read this line to find the port.
     println!("switchyard listening on http://{bound}");
     tracing::info!(%bound, "serving");
+    let signal = shutdown.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            signal.cancel();
+        })
         .await
         .context("HTTP server failed")?;
+    shutdown.cancel();
+    // Give the relay, projections and consumers a moment to finish what they hold; anything
+    // unfinished is redone from its checkpoint at the next start.
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
     tracing::info!("stopped");
     Ok(())
 }

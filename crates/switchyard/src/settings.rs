@@ -10,7 +10,9 @@ use figment::{
 };
 use secrecy::SecretString;
 use serde::Deserialize;
+use switchyard_agent_runtime::RuntimeConfig;
 use switchyard_http_api::ApiConfig;
+use switchyard_relay::RelayConfig;
 use switchyard_store::StoreConfig;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
@@ -26,6 +28,9 @@ const KEYS: &[&str] = &[
     "log",
     "store",
     "api",
+    "relay",
+    "runtime",
+    "projections",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +44,15 @@ pub(crate) struct Settings {
     pub(crate) log: LogSettings,
     pub(crate) store: StoreConfig,
     pub(crate) api: ApiConfig,
+    pub(crate) relay: RelayConfig,
+    pub(crate) runtime: RuntimeConfig,
+    pub(crate) projections: ProjectionSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProjectionSettings {
+    pub(crate) batch: u32,
 }
 
 #[derive(Debug, Deserialize)]

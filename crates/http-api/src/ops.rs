@@ -1,0 +1,86 @@
+//! The operators' API: where the relay, the consumers and the projections stand, and the
+//! dead-letter list. The machinery lives elsewhere; the binary plugs it in through [`Ops`].
+
+use std::sync::Arc;
+
+use axum::{
+    Extension, Json,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::{ApiError, AppState, Principal, Scope};
+
+/// Why an ops action failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpsError {
+    /// The thing named does not exist (or is already resolved).
+    #[error("{0}")]
+    NotFound(String),
+    /// The action ran and failed (e.g. the handler failed again).
+    #[error("{0}")]
+    Failed(String),
+    /// Something broke underneath.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What the ops routes ask of the running server.
+pub trait Ops: Send + Sync + 'static {
+    /// Store head, relay position and lag, consumers, projections.
+    fn status(&self) -> BoxFuture<'_, Result<Value, OpsError>>;
+    /// The dead-letter list.
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Value, OpsError>>;
+    /// Retries one dead letter.
+    fn retry_dead_letter(&self, id: uuid::Uuid) -> BoxFuture<'_, Result<Value, OpsError>>;
+}
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        match e {
+            OpsError::NotFound(m) => ApiError::not_found(m),
+            OpsError::Failed(m) => ApiError::new(StatusCode::CONFLICT, "retry_failed", m),
+            OpsError::Internal(m) => ApiError::internal(&OpsError::Internal(m)),
+        }
+    }
+}
+
+fn ops(state: &AppState, principal: &Principal) -> Result<Arc<dyn Ops>, ApiError> {
+    principal.require(None, Scope::Admin)?;
+    state
+        .ops
+        .clone()
+        .ok_or_else(|| ApiError::not_found("ops are not available in this process"))
+}
+
+/// `GET /v1/ops/status`
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    Ok(Json(ops(&state, &principal)?.status().await?).into_response())
+}
+
+/// `GET /v1/ops/dead-letters`
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    Ok(Json(ops(&state, &principal)?.dead_letters().await?).into_response())
+}
+
+/// `POST /v1/ops/dead-letters/{id}/retry`
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ops = ops(&state, &principal)?;
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::not_found(format!("no dead letter {id}")))?;
+    Ok(Json(ops.retry_dead_letter(id).await?).into_response())
+}

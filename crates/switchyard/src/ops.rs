@@ -1,0 +1,66 @@
+//! The ops API's view of the running machinery.
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use switchyard_agent_runtime::{AgentRuntime, Error as RuntimeError};
+use switchyard_http_api::{Ops, OpsError};
+use switchyard_projections::ProjectionRunner;
+use switchyard_relay::Relay;
+use switchyard_store::EventStore;
+
+/// Lag counts stop here, to keep the status cheap however far behind something is.
+const LAG_CAP: i64 = 100_000;
+
+#[derive(Debug)]
+pub(crate) struct ServerOps {
+    pub(crate) store: EventStore,
+    pub(crate) relay: Relay,
+    pub(crate) projections: ProjectionRunner,
+    pub(crate) runtime: AgentRuntime,
+}
+
+fn internal<E: std::fmt::Display>(e: E) -> OpsError {
+    OpsError::Internal(e.to_string())
+}
+
+impl Ops for ServerOps {
+    fn status(&self) -> BoxFuture<'_, Result<Value, OpsError>> {
+        Box::pin(async move {
+            let (head, events): (Option<i64>, i64) =
+                sqlx::query_as("SELECT max(position), count(*) FROM events")
+                    .fetch_one(self.store.pool())
+                    .await
+                    .map_err(internal)?;
+            let relay = self.relay.status(LAG_CAP).await.map_err(internal)?;
+            let consumers = self.runtime.status().await.map_err(internal)?;
+            let projections = self.projections.status(LAG_CAP).await.map_err(internal)?;
+            Ok(json!({
+                "store": {"head_sequence": head, "events": events},
+                "relay": {"active_here": self.relay.is_active(), "status": relay},
+                "consumers": consumers,
+                "projections": projections,
+                "lag_cap": LAG_CAP,
+            }))
+        })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Value, OpsError>> {
+        Box::pin(async move {
+            let letters = self.runtime.dead_letters(false).await.map_err(internal)?;
+            Ok(json!({ "dead_letters": letters }))
+        })
+    }
+
+    fn retry_dead_letter(&self, id: uuid::Uuid) -> BoxFuture<'_, Result<Value, OpsError>> {
+        Box::pin(async move {
+            match self.runtime.retry_dead_letter(id).await {
+                Ok(letter) => Ok(json!(letter)),
+                Err(e @ (RuntimeError::NoDeadLetter(_) | RuntimeError::UnknownAgent(_))) => {
+                    Err(OpsError::NotFound(e.to_string()))
+                }
+                Err(e @ RuntimeError::StillFailing(_)) => Err(OpsError::Failed(e.to_string())),
+                Err(e) => Err(internal(e)),
+            }
+        })
+    }
+}
