@@ -15,14 +15,17 @@ use tokio::{
 
 const TOKEN: &str = "sy_e2e_0123456789abcdef0123456789";
 
-/// A running `switchyard serve` on its own database; killed and cleaned up on drop.
+/// A running `switchyard serve` on its own database, JetStream stream and subject prefix;
+/// killed on drop.
 struct Server {
     child: Child,
     address: String,
     database: String,
     admin_url: String,
+    url: String,
     nats: String,
     stream: String,
+    prefix: String,
 }
 
 impl Server {
@@ -37,41 +40,27 @@ impl Server {
             .unwrap();
         let url = with_database(&admin_url, &database);
         let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        // A JetStream stream and subject prefix of this test's own.
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let stream = format!("E2E{tag}");
-
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", &url)
-            .env("NATS_URL", &nats)
-            .env("SWITCHYARD_RELAY__STREAM", &stream)
-            .env("SWITCHYARD_RELAY__SUBJECT_PREFIX", format!("e{tag}"))
-            .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the server announces its address within 60 s")
-            .unwrap()
-            .expect("the server printed its address");
-        let address = line
-            .strip_prefix("switchyard listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (stream, prefix) = (format!("E2E{tag}"), format!("e{tag}"));
+        let (child, address) = spawn(&url, &nats, &stream, &prefix).await;
         Self {
             child,
             address,
             database,
             admin_url,
+            url,
             nats,
             stream,
+            prefix,
         }
+    }
+
+    /// SIGKILL, then start again on the same database and stream (on a new port).
+    async fn kill_and_restart(&mut self) {
+        self.child.kill().await.unwrap();
+        let (child, address) = spawn(&self.url, &self.nats, &self.stream, &self.prefix).await;
+        self.child = child;
+        self.address = address;
     }
 
     async fn request(
@@ -81,7 +70,23 @@ impl Server {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, Value) {
-        let mut stream = TcpStream::connect(&self.address).await.unwrap();
+        self.try_request(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    async fn db(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, Value)> {
+        let mut stream = TcpStream::connect(&self.address).await?;
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
             self.address,
@@ -92,11 +97,13 @@ impl Server {
         }
         request.push_str("\r\n");
         request.push_str(body);
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let text = String::from_utf8(response).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("the connection closed mid-response"))?;
         let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
         let body = if head
             .to_ascii_lowercase()
@@ -111,7 +118,7 @@ impl Server {
         } else {
             serde_json::from_str(&body).unwrap()
         };
-        (status, json)
+        Ok((status, json))
     }
 
     async fn stop(mut self) {
@@ -126,6 +133,38 @@ impl Server {
             .await
             .unwrap();
     }
+}
+
+/// Starts `switchyard serve` on a free port; returns it with its address. Its output is
+/// drained in the background so that it never blocks on a full pipe.
+async fn spawn(url: &str, nats: &str, stream: &str, prefix: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", url)
+        .env("NATS_URL", nats)
+        .env("SWITCHYARD_RELAY__STREAM", stream)
+        .env("SWITCHYARD_RELAY__SUBJECT_PREFIX", prefix)
+        .env("SWITCHYARD_RUNTIME__BACKOFF_BASE_MS", "20")
+        .env("SWITCHYARD_RUNTIME__ACK_WAIT_SECS", "2")
+        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the server announces its address within 60 s")
+        .unwrap()
+        .expect("the server printed its address");
+    let address = line
+        .strip_prefix("switchyard listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, address)
 }
 
 fn with_database(url: &str, database: &str) -> String {
@@ -264,27 +303,29 @@ async fn a_cloudevent_posted_over_http_is_stored_and_read_back() {
     assert_eq!(events[2]["workspace"], "demo");
     assert_eq!(events[0]["type"], "workspace.created.v1");
 
-    // The machinery behind: the relay published the three events, the projections follow.
+    // The machinery behind: the relay published every event (the three above and the built-in
+    // agent's registration), the projections follow.
     let mut status = Value::Null;
     for _ in 0..100 {
         let (code, body) = server.request("GET", "/v1/ops/status", &[AUTH], "").await;
         assert_eq!(code, 200, "{body}");
         status = body;
-        if status["relay"]["status"]["relayed"] == 3 && status["projections"][0]["applied"] == 3 {
+        if status["relay"]["status"]["relayed"] == 4 && status["projections"][0]["applied"] == 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(status["relay"]["status"]["relayed"], 3, "{status}");
+    assert_eq!(status["store"]["events"], 4, "{status}");
+    assert_eq!(status["relay"]["status"]["relayed"], 4, "{status}");
     assert_eq!(status["relay"]["active_here"], true);
     assert_eq!(status["projections"][0]["name"], "agent_state");
-    assert_eq!(status["projections"][0]["applied"], 3, "{status}");
+    assert_eq!(status["projections"][0]["applied"], 4, "{status}");
     let client = async_nats::connect(&server.nats).await.unwrap();
     let mut stream = async_nats::jetstream::new(client)
         .get_stream(&server.stream)
         .await
         .unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    assert_eq!(stream.info().await.unwrap().state.messages, 4);
 
     let (code, body) = server
         .request("GET", "/v1/ops/dead-letters", &[AUTH], "")
@@ -301,4 +342,183 @@ async fn a_cloudevent_posted_over_http_is_stored_and_read_back() {
     assert_eq!(code, 404);
 
     server.stop().await;
+}
+
+/// The server runs as a child process with the retrospective agent handling a steady stream of
+/// triggers; it is SIGKILLed at random moments, several times, and restarted. Afterwards every
+/// trigger that got a 2xx is stored once, was handled exactly once (one handled record, one
+/// `retrospective.completed.v1` caused by it), and the projection equals a fresh rebuild.
+#[tokio::test]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let mut server = Server::start().await;
+    let json_type = ("Content-Type", "application/json");
+    let workspace =
+        r#"{"id":"crash","name":"Crash","repository":{"kind":"local","path":"/tmp/crash"}}"#;
+    let (status, body) = server
+        .request("POST", "/v1/workspaces", &[AUTH, json_type], workspace)
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    const TRIGGERS: usize = 120;
+    let structured = ("Content-Type", "application/cloudevents+json");
+    let mut accepted = Vec::new();
+    let mut kills = 0;
+    for i in 0..TRIGGERS {
+        let id = format!("trigger-{i}");
+        let event = json!({
+            "specversion": "1.0", "id": id, "source": "/tests/crash",
+            "type": "retrospective.trigger.v1", "subject": format!("retrospective/r{i}"),
+            "data": {"retrospective_id": format!("r{i}"), "reason": "manual", "requested_by": "crash-test"}
+        })
+        .to_string();
+        // A client retries until it gets an answer: the same id makes retries idempotent.
+        loop {
+            match server
+                .try_request(
+                    "POST",
+                    "/v1/workspaces/crash/events",
+                    &[AUTH, structured],
+                    &event,
+                )
+                .await
+            {
+                Ok((200 | 201, _)) => break,
+                Ok((status, body)) => panic!("unexpected {status}: {body}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        accepted.push(id);
+        if i % 30 == 29 {
+            // Let the agent get busy, then kill at a random moment of its work.
+            let pause = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 150;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            server.kill_and_restart().await;
+            kills += 1;
+        }
+    }
+    assert_eq!(kills, 4);
+
+    // Wait until every trigger was handled.
+    let mut db = server.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let completed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE type = 'retrospective.completed.v1'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if completed as usize >= TRIGGERS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {completed} of {TRIGGERS} triggers handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give redeliveries a moment to show any duplicate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, count(*) FROM events WHERE type = 'retrospective.trigger.v1' GROUP BY id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored.len(),
+        accepted.len(),
+        "every accepted trigger is stored"
+    );
+    assert!(stored.iter().all(|(_, n)| *n == 1), "none stored twice");
+    let handled: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT t.position, (SELECT count(*) FROM events c
+                             WHERE c.type = 'retrospective.completed.v1' AND c.causation_id = t.id)
+         FROM events t WHERE t.type = 'retrospective.trigger.v1'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(handled.len(), TRIGGERS);
+    for (position, completions) in &handled {
+        assert_eq!(
+            *completions, 1,
+            "trigger at {position} was handled {completions} times"
+        );
+    }
+    let records: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM agent_handled WHERE agent = 'retrospective'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(records as usize, TRIGGERS);
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "the kills alone caused no dead letter");
+
+    // The projection equals a fresh rebuild.
+    let expected_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = server.request("GET", "/v1/ops/status", &[AUTH], "").await;
+        if status["projections"][0]["lag_events"] == 0 {
+            let emitted: Option<i64> = sqlx::query_scalar(
+                "SELECT emitted FROM proj_agent_state.activity WHERE workspace = 'crash' AND agent = 'retrospective'",
+            )
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+            if emitted == Some(TRIGGERS as i64) {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projection never caught up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.child.kill().await.unwrap();
+    let live = activity(&mut db).await;
+    let rebuilt = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["projections", "rebuild", "agent_state"])
+        .env("DATABASE_URL", &server.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let said = String::from_utf8_lossy(&rebuilt.stdout);
+    assert!(
+        said.contains(&format!("{expected_events} events")),
+        "{said}"
+    );
+    drop(db);
+    let mut db = server.db().await;
+    assert_eq!(
+        activity(&mut db).await,
+        live,
+        "the live projection equals a fresh rebuild"
+    );
+    drop(db);
+    server.stop().await;
+}
+
+async fn activity(db: &mut PgConnection) -> Vec<(String, String, i64, i64)> {
+    sqlx::query_as(
+        "SELECT workspace, agent, emitted, failed FROM proj_agent_state.activity ORDER BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
 }

@@ -58,6 +58,9 @@ pub enum Error {
     /// No agent has this name.
     #[error("no agent named {0:?}")]
     UnknownAgent(String),
+    /// The relay has not created the JetStream stream yet (or it was deleted): consumers wait.
+    #[error("JetStream stream {0} does not exist (yet)")]
+    StreamMissing(String),
     /// The handler failed again on retry.
     #[error("the handler failed again: {0}")]
     StillFailing(HandlerError),
@@ -261,7 +264,11 @@ impl AgentRuntime {
                 tasks.push(tokio::spawn(async move {
                     while !shutdown.is_cancelled() {
                         if let Err(e) = runtime.consume(&agent, &ty, &shutdown).await {
-                            tracing::warn!(agent = %agent.manifest().name, event.r#type = %ty, error = %e, "consumer stopped; restarting");
+                            if matches!(e, Error::StreamMissing(_)) {
+                                tracing::debug!(agent = %agent.manifest().name, error = %e, "waiting for the relay to create the stream");
+                            } else {
+                                tracing::warn!(agent = %agent.manifest().name, event.r#type = %ty, error = %e, "consumer stopped; restarting");
+                            }
                             tokio::select! {
                                 () = shutdown.cancelled() => {}
                                 () = tokio::time::sleep(Duration::from_secs(1)) => {}

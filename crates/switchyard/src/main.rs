@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret as _;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use switchyard_agent_runtime::{Agent, AgentRuntime};
+use switchyard_agent_runtime::AgentRuntime;
 use switchyard_events::Catalog;
 use switchyard_http_api::{AppState, bootstrap_admin_token, router};
 use switchyard_projections::ProjectionRunner;
@@ -84,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr: stdout carries only what scripts read (the listening address).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -199,8 +202,7 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         .ensure_schemas()
         .await
         .context("creating projection tables")?;
-    // Built-in agents arrive with their issues (spec, git, …); the runtime is ready for them.
-    let agents: Vec<Arc<dyn Agent>> = Vec::new();
+    let agents = switchyard_agents::builtin();
     let runtime = AgentRuntime::new(
         store.clone(),
         nats.clone(),

@@ -1,0 +1,16 @@
+//! Switchyard's built-in agents, one module each. Each is an ordinary
+//! [`Agent`](switchyard_agent_runtime::Agent): a manifest and a handler, with no privileges
+//! beyond what its manifest declares.
+
+mod retrospective;
+
+use std::sync::Arc;
+
+use switchyard_agent_runtime::Agent;
+
+pub use retrospective::Retrospective;
+
+/// Every built-in agent, as the server runs them.
+pub fn builtin() -> Vec<Arc<dyn Agent>> {
+    vec![Arc::new(Retrospective::new())]
+}
