@@ -30,6 +30,12 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        Self::start_on(&nats).await
+    }
+
+    async fn start_on(nats: &str) -> Self {
+        let nats = nats.to_owned();
         let admin_url =
             std::env::var("DATABASE_URL").expect("DATABASE_URL must be set (scripts/test sets it)");
         let database = format!("sy_e2e_{}", uuid::Uuid::new_v4().simple());
@@ -39,7 +45,6 @@ impl Server {
             .await
             .unwrap();
         let url = with_database(&admin_url, &database);
-        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let (stream, prefix) = (format!("E2E{tag}"), format!("e{tag}"));
         let (child, address) = spawn(&url, &nats, &stream, &prefix).await;
@@ -521,4 +526,73 @@ async fn activity(db: &mut PgConnection) -> Vec<(String, String, i64, i64)> {
     .fetch_all(db)
     .await
     .unwrap()
+}
+
+/// With nats-server dead, the API still accepts events (it needs PostgreSQL only) and reports
+/// NATS as not ready; once NATS is back, everything accepted meanwhile is relayed.
+#[tokio::test]
+async fn the_api_accepts_events_while_nats_is_down() {
+    let mut nats = switchyard_testkit::NatsServer::start().await;
+    let server = Server::start_on(&nats.url()).await;
+    let workspace =
+        r#"{"id":"calm","name":"Calm","repository":{"kind":"local","path":"/tmp/calm"}}"#;
+    let (status, _) = server
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, ("Content-Type", "application/json")],
+            workspace,
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    nats.kill();
+    let structured = ("Content-Type", "application/cloudevents+json");
+    for i in 0..20 {
+        let event = json!({
+            "specversion": "1.0", "id": format!("calm-{i}"), "source": "/tests", "subject": "agent/calm",
+            "type": "agent.memory.recorded.v1", "data": {"agent": "calm", "key": format!("k{i}"), "value": i}
+        })
+        .to_string();
+        let (status, body) = server
+            .request(
+                "POST",
+                "/v1/workspaces/calm/events",
+                &[AUTH, structured],
+                &event,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut ready = (0, Value::Null);
+    for _ in 0..50 {
+        ready = server.request("GET", "/readyz", &[], "").await;
+        if ready.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert_eq!(ready.1["postgres"], "ok");
+
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = server.request("GET", "/v1/ops/status", &[AUTH], "").await;
+        if status["relay"]["status"]["relayed"] == status["store"]["events"]
+            && status["relay"]["status"]["lag_events"] == 0
+        {
+            assert_eq!(
+                status["store"]["events"], 22,
+                "workspace + agent registration + 20"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never relayed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
 }

@@ -20,7 +20,7 @@ use switchyard_agent_runtime::{
 use switchyard_events::{Catalog, EventType, NewEvent, RecordedEvent, Source, StreamId, Workspace};
 use switchyard_relay::{Relay, RelayConfig};
 use switchyard_store::{EventStore, StoreConfig};
-use switchyard_testkit::{shared_nats_url, unique};
+use switchyard_testkit::{NatsServer, shared_nats_url, unique};
 use tokio_util::sync::CancellationToken;
 
 /// Answers each `retrospective.trigger.v1` with a `retrospective.completed.v1`; fails on
@@ -94,12 +94,20 @@ struct Setup {
 
 impl Setup {
     async fn new(pool: &PgPool) -> Self {
+        Self::on(pool, &shared_nats_url()).await
+    }
+
+    async fn on(pool: &PgPool, nats_url: &str) -> Self {
         let store = EventStore::new(
             pool.clone(),
             Arc::new(Catalog::builtin().unwrap()),
             &StoreConfig::default(),
         );
-        let client = async_nats::connect(shared_nats_url()).await.unwrap();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(nats_url)
+            .await
+            .unwrap();
         let relay = RelayConfig {
             stream: unique("T"),
             subject_prefix: unique("t"),
@@ -359,4 +367,83 @@ async fn two_instances_split_the_work_and_never_duplicate_it(pool: PgPool) {
     assert_eq!(a + b, 150, "each event handled by exactly one instance");
     assert!(a > 0 && b > 0, "both instances took work: {a} and {b}");
     setup.teardown().await;
+}
+
+/// The JetStream stream is deleted under traffic: the relay recreates it and relays everything
+/// again, the consumers come back, and still each event is handled once.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_deleted_stream_costs_no_event_and_repeats_none(pool: PgPool) {
+    let setup = Setup::new(&pool).await;
+    let agent = Echo::new();
+    tokio::spawn(
+        setup
+            .runtime(Arc::clone(&agent), fast())
+            .run(setup.shutdown.clone()),
+    );
+    for i in 0..40 {
+        setup.trigger(&format!("before{i}")).await;
+    }
+    wait_for(&pool, COMPLETED, 40).await;
+    async_nats::jetstream::new(setup.client.clone())
+        .delete_stream(&setup.relay.stream)
+        .await
+        .unwrap();
+    for i in 0..40 {
+        setup.trigger(&format!("after{i}")).await;
+    }
+    wait_for(&pool, COMPLETED, 80).await;
+    // The re-relayed first 40 reach the agent again: only acknowledged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(&pool, COMPLETED).await, 80);
+    assert_eq!(agent.handled.load(Ordering::SeqCst), 80);
+    let js = async_nats::jetstream::new(setup.client.clone());
+    let mut stream = js.get_stream(&setup.relay.stream).await.unwrap();
+    let stored = count(&pool, "SELECT count(*) FROM events").await;
+    assert_eq!(stored, 240, "80 triggers, 80 completions, 80 memories");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stream.info().await.unwrap().state.messages < 240 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream was never refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        240,
+        "everything relayed again, once"
+    );
+    setup.teardown().await;
+}
+
+/// nats-server is SIGKILLed and restarted while events are appended: appends go on (they need
+/// PostgreSQL only), nothing is lost, nothing is handled twice.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn nats_down_and_back_loses_nothing_and_repeats_nothing(pool: PgPool) {
+    let mut nats = NatsServer::start().await;
+    let setup = Setup::on(&pool, &nats.url()).await;
+    let agent = Echo::new();
+    tokio::spawn(
+        setup
+            .runtime(Arc::clone(&agent), fast())
+            .run(setup.shutdown.clone()),
+    );
+    for i in 0..30 {
+        setup.trigger(&format!("up{i}")).await;
+    }
+    wait_for(&pool, COMPLETED, 20).await;
+    nats.kill();
+    for i in 0..30 {
+        setup.trigger(&format!("down{i}")).await;
+    }
+    nats.restart().await;
+    for i in 0..30 {
+        setup.trigger(&format!("back{i}")).await;
+    }
+    wait_for(&pool, COMPLETED, 90).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(&pool, COMPLETED).await, 90);
+    assert_eq!(count(&pool, "SELECT count(*) FROM agent_handled").await, 90);
+    assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+    setup.shutdown.cancel();
 }
