@@ -66,6 +66,18 @@ pub enum Error {
     StillFailing(HandlerError),
 }
 
+/// What became of one event of a batch.
+enum Outcome {
+    /// Handled now or before: acknowledge.
+    Done,
+    /// The handler failed: NAK with backoff, or dead-letter.
+    Failed(HandlerError),
+    /// Lost a race for a stream version: run it again alone.
+    Race,
+    /// The batch's transaction failed as a whole: redeliver soon.
+    Retry,
+}
+
 /// Why one attempt at handling did not commit.
 enum Failure {
     /// The handler (or the database under it) failed.
@@ -96,8 +108,10 @@ pub struct RuntimeConfig {
     pub backoff_base_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub backoff_max_ms: u64,
-    /// Events handled at once per consumer and instance.
+    /// Batches handled at once per consumer and instance.
     pub concurrency: usize,
+    /// Most deliveries handled in one transaction (one commit).
+    pub batch: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -108,6 +122,7 @@ impl Default for RuntimeConfig {
             backoff_base_ms: 250,
             backoff_max_ms: 10_000,
             concurrency: 4,
+            batch: 64,
         }
     }
 }
@@ -288,7 +303,18 @@ impl AgentRuntime {
         agent: &str,
         ty: &EventType,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
-        let stream = self.jetstream.get_stream(&self.stream).await.map_err(js)?;
+        let stream = self
+            .jetstream
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(inner)
+                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Error::StreamMissing(self.stream.clone())
+                }
+                _ => js(e),
+            })?;
         let name = consumer_name(agent, ty);
         stream
             .get_or_create_consumer(
@@ -315,19 +341,27 @@ impl AgentRuntime {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let consumer = self.consumer(&agent.manifest().name, ty).await?;
-        let mut messages = consumer.messages().await.map_err(js)?;
+        // Whatever has arrived is handled as one batch: one transaction, one commit.
+        let mut batches = consumer
+            .messages()
+            .await
+            .map_err(js)?
+            .ready_chunks(self.config.batch.max(1));
         let concurrency = self.config.concurrency.max(1);
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                message = messages.next(), if in_flight.len() < concurrency => {
-                    match message {
-                        Some(Ok(message)) => in_flight.push(self.process(agent, message)),
-                        Some(Err(e)) => return Err(js(e)),
-                        None => return Err(Error::JetStream("the consumer's message stream ended".into())),
+                batch = batches.next(), if in_flight.len() < concurrency => {
+                    let Some(batch) = batch else {
+                        return Err(Error::JetStream("the consumer's message stream ended".into()));
+                    };
+                    let mut messages = Vec::with_capacity(batch.len());
+                    for message in batch {
+                        messages.push(message.map_err(js)?);
                     }
+                    in_flight.push(self.process(agent, messages));
                 }
             }
         }
@@ -335,59 +369,157 @@ impl AgentRuntime {
         Ok(())
     }
 
-    /// Handles one delivery; never fails: errors become NAKs, dead letters or redeliveries.
-    async fn process(&self, agent: &Arc<dyn Agent>, message: jetstream::Message) {
+    /// Handles a batch of deliveries in one transaction, each event under a savepoint of its
+    /// own so that one failure rolls back only that event. Never fails: errors become NAKs,
+    /// dead letters or redeliveries. Acks go out only after the commit.
+    async fn process(&self, agent: &Arc<dyn Agent>, messages: Vec<jetstream::Message>) {
         let name = agent.manifest().name.as_str();
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let position = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("ce-sequence"))
-            .and_then(|v| v.as_str().parse::<i64>().ok());
-        let event = match position {
-            Some(position) => self.store.get(position).await,
-            None => Ok(None),
-        };
-        let event = match event {
-            Ok(Some(event)) => event,
-            Ok(None) => {
-                tracing::error!(
-                    agent = name,
-                    ?position,
-                    "a message names no stored event; terminating it"
-                );
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
-            }
+        let positions: Vec<Option<i64>> = messages
+            .iter()
+            .map(|m| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get("ce-sequence"))
+                    .and_then(|v| v.as_str().parse::<i64>().ok())
+            })
+            .collect();
+        let wanted: Vec<i64> = positions.iter().flatten().copied().collect();
+        let events = match self.store.get_many(&wanted).await {
+            Ok(events) => events,
             Err(e) => {
-                tracing::warn!(agent = name, error = %e, "cannot load the event; retrying");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
-                    .await;
+                tracing::warn!(agent = name, error = %e, "cannot load events; retrying them");
+                for message in &messages {
+                    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
+                        .await;
+                }
                 return;
             }
         };
-        match self.handle(agent, &event).await {
-            Ok(()) => {
-                // After the commit. If this ack is lost, the redelivery finds the record.
-                let _ = message.ack().await;
-            }
-            Err(failure) if delivered >= self.config.max_deliver => {
-                match self.dead_letter(name, &event, delivered, &failure).await {
-                    Ok(()) => {
-                        let _ = message.ack_with(AckKind::Term).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(agent = name, error = %e, "cannot dead-letter; leaving it for redelivery");
-                    }
+        let mut batch: Vec<(jetstream::Message, RecordedEvent)> =
+            Vec::with_capacity(messages.len());
+        for (message, position) in messages.into_iter().zip(positions) {
+            match position.and_then(|p| events.get(&p)) {
+                Some(event) => batch.push((message, event.clone())),
+                None => {
+                    tracing::error!(
+                        agent = name,
+                        ?position,
+                        "a message names no stored event; terminating it"
+                    );
+                    let _ = message.ack_with(AckKind::Term).await;
                 }
             }
-            Err(failure) => {
-                tracing::warn!(agent = name, event.id = %event.id, delivered, error = %failure, "handler failed; will retry");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
-                    .await;
+        }
+        let outcomes = match self.handle_batch(agent, &batch).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(agent = name, error = %e, "batch transaction failed; redelivering");
+                batch.iter().map(|_| Outcome::Retry).collect()
             }
+        };
+        for ((message, event), outcome) in batch.into_iter().zip(outcomes) {
+            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            let outcome = match outcome {
+                // Lost a race for a stream version: run it alone, with its own retries.
+                Outcome::Race => match self.handle(agent, &event).await {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Failed(e),
+                },
+                other => other,
+            };
+            match outcome {
+                Outcome::Done => {
+                    // After the commit. If this ack is lost, the redelivery finds the record.
+                    let _ = message.ack().await;
+                }
+                Outcome::Failed(failure) if delivered >= self.config.max_deliver => {
+                    match self.dead_letter(name, &event, delivered, &failure).await {
+                        Ok(()) => {
+                            let _ = message.ack_with(AckKind::Term).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(agent = name, error = %e, "cannot dead-letter; leaving it for redelivery");
+                        }
+                    }
+                }
+                Outcome::Failed(failure) => {
+                    tracing::warn!(agent = name, event.id = %event.id, delivered, error = %failure, "handler failed; will retry");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
+                        .await;
+                }
+                Outcome::Retry | Outcome::Race => {
+                    let _ = message.ack_with(AckKind::Nak(Some(self.backoff(1)))).await;
+                }
+            }
+        }
+    }
+
+    /// One transaction for the batch; a savepoint per event.
+    #[tracing::instrument(name = "agent.handle_batch", skip_all, fields(agent.name = %agent.manifest().name, events = batch.len()))]
+    async fn handle_batch(
+        &self,
+        agent: &Arc<dyn Agent>,
+        batch: &[(jetstream::Message, RecordedEvent)],
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
+        let manifest = agent.manifest();
+        let mut conn = self.store.pool().acquire().await?;
+        let mut tx = conn.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (_, event) in batch {
+            sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+            let outcome = self.handle_in(agent, manifest, &mut tx, event).await;
+            let keep = matches!(outcome, Outcome::Done);
+            let sql = if keep {
+                "RELEASE SAVEPOINT event"
+            } else {
+                "ROLLBACK TO SAVEPOINT event"
+            };
+            sqlx::query(sql).execute(&mut *tx).await?;
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn handle_in(
+        &self,
+        agent: &Arc<dyn Agent>,
+        manifest: &Manifest,
+        tx: &mut sqlx::PgConnection,
+        event: &RecordedEvent,
+    ) -> Outcome {
+        let fresh = match sqlx::query(
+            "INSERT INTO agent_handled (agent, event_position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&manifest.name)
+        .bind(event.position)
+        .execute(&mut *tx)
+        .await
+        {
+            Ok(done) => done.rows_affected() == 1,
+            Err(e) => return Outcome::Failed(e.into()),
+        };
+        if !fresh {
+            // Handled before: a redelivery. Nothing to do but acknowledge.
+            return Outcome::Done;
+        }
+        let mut ctx = Context::new(tx, manifest, event);
+        if let Err(e) = agent.handle(&mut ctx, event).await {
+            return Outcome::Failed(e);
+        }
+        let emitted = ctx.into_emitted();
+        if emitted.is_empty() {
+            return Outcome::Done;
+        }
+        match self.store.append_in(tx, emitted).await {
+            Ok(_) => Outcome::Done,
+            Err(switchyard_store::Error::ConcurrentWrite) => Outcome::Race,
+            Err(e) => Outcome::Failed(HandlerError::new(format!(
+                "appending the agent's events: {e}"
+            ))),
         }
     }
 

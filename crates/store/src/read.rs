@@ -226,6 +226,24 @@ impl EventStore {
         row.map(RecordedEvent::try_from).transpose()
     }
 
+    /// The events at these positions, by position (missing ones are absent).
+    pub async fn get_many(
+        &self,
+        positions: &[i64],
+    ) -> Result<std::collections::HashMap<i64, RecordedEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(""),
+            " FROM events WHERE position = ANY($1)"
+        ))
+        .bind(positions)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| RecordedEvent::try_from(row).map(|e| (e.position, e)))
+            .collect()
+    }
+
     /// How many visible events lie after `after`, counting up to `cap` (so that a lag query
     /// stays cheap however far behind a reader is).
     pub async fn lag(&self, after: Cursor, cap: i64) -> Result<i64> {
