@@ -457,7 +457,11 @@ impl AgentRuntime {
         }
     }
 
-    /// One transaction for the batch; a savepoint per event.
+    /// One transaction for the batch. Handlers run first and only read (each under a savepoint,
+    /// in case one writes and fails); the writes — the "handled" records and every emitted
+    /// event — come last, together. So the transaction holds a transaction id only for those
+    /// few milliseconds: every reader of the store waits for the oldest open transaction id of
+    /// the cluster, and a long one would delay the relay and the projections.
     #[tracing::instrument(name = "agent.handle_batch", skip_all, fields(agent.name = %agent.manifest().name, events = batch.len()))]
     async fn handle_batch(
         &self,
@@ -467,60 +471,81 @@ impl AgentRuntime {
         let manifest = agent.manifest();
         let mut conn = self.store.pool().acquire().await?;
         let mut tx = conn.begin().await?;
+        let positions: Vec<i64> = batch.iter().map(|(_, e)| e.position).collect();
+        let handled: Vec<i64> = sqlx::query_scalar(
+            "SELECT event_position FROM agent_handled WHERE agent = $1 AND event_position = ANY($2)",
+        )
+        .bind(&manifest.name)
+        .bind(&positions)
+        .fetch_all(&mut *tx)
+        .await?;
+
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut emitted: Vec<(i64, Vec<NewEvent>)> = Vec::new();
         for (_, event) in batch {
+            if handled.contains(&event.position) {
+                outcomes.push(Outcome::Done); // a redelivery: acknowledge only
+                continue;
+            }
             sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
-            let outcome = self.handle_in(agent, manifest, &mut tx, event).await;
-            let keep = matches!(outcome, Outcome::Done);
-            let sql = if keep {
-                "RELEASE SAVEPOINT event"
-            } else {
-                "ROLLBACK TO SAVEPOINT event"
-            };
-            sqlx::query(sql).execute(&mut *tx).await?;
-            outcomes.push(outcome);
+            let mut ctx = Context::new(&mut tx, manifest, event);
+            match agent.handle(&mut ctx, event).await {
+                Ok(()) => {
+                    emitted.push((event.position, ctx.into_emitted()));
+                    sqlx::query("RELEASE SAVEPOINT event")
+                        .execute(&mut *tx)
+                        .await?;
+                    outcomes.push(Outcome::Done);
+                }
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT event")
+                        .execute(&mut *tx)
+                        .await?;
+                    outcomes.push(Outcome::Failed(e));
+                }
+            }
+        }
+        if emitted.is_empty() {
+            tx.commit().await?;
+            return Ok(outcomes);
+        }
+
+        // The writes. Another instance may have handled some of these meanwhile: the records
+        // this transaction wins say whose effects are appended.
+        let mine: Vec<i64> = emitted.iter().map(|(p, _)| *p).collect();
+        let won: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO agent_handled (agent, event_position) SELECT $1, unnest($2::int8[])
+             ON CONFLICT DO NOTHING RETURNING event_position",
+        )
+        .bind(&manifest.name)
+        .bind(&mine)
+        .fetch_all(&mut *tx)
+        .await?;
+        let events: Vec<NewEvent> = emitted
+            .into_iter()
+            .filter(|(p, _)| won.contains(p))
+            .flat_map(|(_, events)| events)
+            .collect();
+        if !events.is_empty() {
+            match self.store.append_in(&mut tx, events).await {
+                Ok(_) => {}
+                Err(e) => {
+                    // A race for a stream version, or an event the store refused: nothing of
+                    // the batch is written; each handled event is run again on its own.
+                    drop(tx);
+                    tracing::debug!(error = %e, "batch append failed; handling its events one by one");
+                    return Ok(outcomes
+                        .into_iter()
+                        .map(|o| match o {
+                            Outcome::Done => Outcome::Race,
+                            other => other,
+                        })
+                        .collect());
+                }
+            }
         }
         tx.commit().await?;
         Ok(outcomes)
-    }
-
-    async fn handle_in(
-        &self,
-        agent: &Arc<dyn Agent>,
-        manifest: &Manifest,
-        tx: &mut sqlx::PgConnection,
-        event: &RecordedEvent,
-    ) -> Outcome {
-        let fresh = match sqlx::query(
-            "INSERT INTO agent_handled (agent, event_position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(&manifest.name)
-        .bind(event.position)
-        .execute(&mut *tx)
-        .await
-        {
-            Ok(done) => done.rows_affected() == 1,
-            Err(e) => return Outcome::Failed(e.into()),
-        };
-        if !fresh {
-            // Handled before: a redelivery. Nothing to do but acknowledge.
-            return Outcome::Done;
-        }
-        let mut ctx = Context::new(tx, manifest, event);
-        if let Err(e) = agent.handle(&mut ctx, event).await {
-            return Outcome::Failed(e);
-        }
-        let emitted = ctx.into_emitted();
-        if emitted.is_empty() {
-            return Outcome::Done;
-        }
-        match self.store.append_in(tx, emitted).await {
-            Ok(_) => Outcome::Done,
-            Err(switchyard_store::Error::ConcurrentWrite) => Outcome::Race,
-            Err(e) => Outcome::Failed(HandlerError::new(format!(
-                "appending the agent's events: {e}"
-            ))),
-        }
     }
 
     fn backoff(&self, delivered: i64) -> Duration {
