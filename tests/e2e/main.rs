@@ -596,3 +596,116 @@ async fn the_api_accepts_events_while_nats_is_down() {
     }
     server.stop().await;
 }
+
+/// Two instances on the same PostgreSQL and NATS: one relay is active, and every trigger posted
+/// to either is handled exactly once.
+#[tokio::test]
+async fn two_instances_relay_once_and_handle_once() {
+    let first = Server::start().await;
+    let (child, address) = spawn(&first.url, &first.nats, &first.stream, &first.prefix).await;
+    let second = Server {
+        child,
+        address,
+        database: first.database.clone(),
+        admin_url: first.admin_url.clone(),
+        url: first.url.clone(),
+        nats: first.nats.clone(),
+        stream: first.stream.clone(),
+        prefix: first.prefix.clone(),
+    };
+    let workspace =
+        r#"{"id":"twins","name":"Twins","repository":{"kind":"local","path":"/tmp/twins"}}"#;
+    let (status, _) = first
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, ("Content-Type", "application/json")],
+            workspace,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let structured = ("Content-Type", "application/cloudevents+json");
+    for i in 0..100 {
+        let event = json!({
+            "specversion": "1.0", "id": format!("twin-{i}"), "source": "/tests", "subject": format!("retrospective/t{i}"),
+            "type": "retrospective.trigger.v1",
+            "data": {"retrospective_id": format!("t{i}"), "reason": "manual", "requested_by": "twins"}
+        })
+        .to_string();
+        let server = if i % 2 == 0 { &first } else { &second };
+        let (status, body) = server
+            .request(
+                "POST",
+                "/v1/workspaces/twins/events",
+                &[AUTH, structured],
+                &event,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut db = first.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let completed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE type = 'retrospective.completed.v1'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if completed >= 100 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {completed} handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_trigger: Vec<i64> = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM events c WHERE c.type = 'retrospective.completed.v1' AND c.causation_id = t.id)
+         FROM events t WHERE t.type = 'retrospective.trigger.v1'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(per_trigger.len(), 100);
+    assert!(
+        per_trigger.iter().all(|n| *n == 1),
+        "each trigger handled exactly once"
+    );
+    let (_, a) = first.request("GET", "/v1/ops/status", &[AUTH], "").await;
+    let (_, b) = second.request("GET", "/v1/ops/status", &[AUTH], "").await;
+    let active = [&a, &b]
+        .iter()
+        .filter(|s| s["relay"]["active_here"] == true)
+        .count();
+    assert_eq!(active, 1, "exactly one active relay: {a} {b}");
+    let client = async_nats::connect(&first.nats).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(&first.stream)
+        .await
+        .unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while (stream.info().await.unwrap().state.messages as i64) < stored {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stream.info().await.unwrap().state.messages as i64,
+        stored,
+        "each event relayed once"
+    );
+    drop(db);
+    let mut second = second;
+    second.child.kill().await.unwrap();
+    first.stop().await;
+}
