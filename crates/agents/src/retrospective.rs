@@ -86,7 +86,7 @@ impl Agent for Retrospective {
             .fetch_all(ctx.connection())
             .await?;
 
-            let mut metrics: BTreeMap<String, BTreeMap<&str, f64>> = BTreeMap::new();
+            let mut metrics: BTreeMap<String, BTreeMap<&str, u64>> = BTreeMap::new();
             let mut failures: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (event_id, ty, source, data) in &rows {
                 if let Some(agent) = source.strip_prefix("/agents/") {
@@ -94,7 +94,7 @@ impl Agent for Retrospective {
                         .entry(agent.to_owned())
                         .or_default()
                         .entry("emitted")
-                        .or_default() += 1.0;
+                        .or_default() += 1;
                 }
                 if ty == "agent.failed.v1"
                     && let Some(agent) = data["agent"].as_str()
@@ -103,7 +103,7 @@ impl Agent for Retrospective {
                         .entry(agent.to_owned())
                         .or_default()
                         .entry("failures")
-                        .or_default() += 1.0;
+                        .or_default() += 1;
                     failures
                         .entry(agent.to_owned())
                         .or_default()
