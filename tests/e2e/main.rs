@@ -6,7 +6,8 @@
 use std::{process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
+use switchyard_testkit::TempDatabase;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -20,8 +21,8 @@ const TOKEN: &str = "sy_e2e_0123456789abcdef0123456789";
 struct Server {
     child: Child,
     address: String,
-    database: String,
-    admin_url: String,
+    /// The database this server created (a second instance on it has none).
+    database: Option<TempDatabase>,
     url: String,
     nats: String,
     stream: String,
@@ -36,28 +37,48 @@ impl Server {
 
     async fn start_on(nats: &str) -> Self {
         let nats = nats.to_owned();
-        let admin_url =
-            std::env::var("DATABASE_URL").expect("DATABASE_URL must be set (scripts/test sets it)");
-        let database = format!("sy_e2e_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-        admin
-            .execute(format!("CREATE DATABASE {database}").as_str())
-            .await
-            .unwrap();
-        let url = with_database(&admin_url, &database);
+        let database = TempDatabase::create("sy_e2e").await;
+        let url = database.url().to_owned();
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let (stream, prefix) = (format!("E2E{tag}"), format!("e{tag}"));
         let (child, address) = spawn(&url, &nats, &stream, &prefix).await;
         Self {
             child,
             address,
-            database,
-            admin_url,
+            database: Some(database),
             url,
             nats,
             stream,
             prefix,
         }
+    }
+
+    /// Another instance on the same database, NATS and stream.
+    async fn twin(&self) -> Self {
+        let (child, address) = spawn(&self.url, &self.nats, &self.stream, &self.prefix).await;
+        Self {
+            child,
+            address,
+            database: None,
+            url: self.url.clone(),
+            nats: self.nats.clone(),
+            stream: self.stream.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// Creates workspace `id` (201 expected).
+    async fn create_workspace(&self, id: &str) {
+        let body = json!({"id": id, "name": id, "repository": {"kind": "local", "path": format!("/tmp/{id}")}});
+        let (status, body) = self
+            .request(
+                "POST",
+                "/v1/workspaces",
+                &[AUTH, ("Content-Type", "application/json")],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
     }
 
     /// SIGKILL, then start again on the same database and stream (on a new port).
@@ -132,11 +153,9 @@ impl Server {
         let _ = async_nats::jetstream::new(client)
             .delete_stream(&self.stream)
             .await;
-        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database).as_str())
-            .await
-            .unwrap();
+        if let Some(database) = self.database.take() {
+            database.drop_now().await;
+        }
     }
 }
 
@@ -170,17 +189,6 @@ async fn spawn(url: &str, nats: &str, stream: &str, prefix: &str) -> (Child, Str
         .to_owned();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, address)
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
-    match query {
-        Some(q) => format!("{prefix}/{database}?{q}"),
-        None => format!("{prefix}/{database}"),
-    }
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -356,13 +364,7 @@ async fn a_cloudevent_posted_over_http_is_stored_and_read_back() {
 #[tokio::test]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut server = Server::start().await;
-    let json_type = ("Content-Type", "application/json");
-    let workspace =
-        r#"{"id":"crash","name":"Crash","repository":{"kind":"local","path":"/tmp/crash"}}"#;
-    let (status, body) = server
-        .request("POST", "/v1/workspaces", &[AUTH, json_type], workspace)
-        .await;
-    assert_eq!(status, 201, "{body}");
+    server.create_workspace("crash").await;
 
     const TRIGGERS: usize = 120;
     let structured = ("Content-Type", "application/cloudevents+json");
@@ -534,17 +536,7 @@ async fn activity(db: &mut PgConnection) -> Vec<(String, String, i64, i64)> {
 async fn the_api_accepts_events_while_nats_is_down() {
     let mut nats = switchyard_testkit::NatsServer::start().await;
     let server = Server::start_on(&nats.url()).await;
-    let workspace =
-        r#"{"id":"calm","name":"Calm","repository":{"kind":"local","path":"/tmp/calm"}}"#;
-    let (status, _) = server
-        .request(
-            "POST",
-            "/v1/workspaces",
-            &[AUTH, ("Content-Type", "application/json")],
-            workspace,
-        )
-        .await;
-    assert_eq!(status, 201);
+    server.create_workspace("calm").await;
 
     nats.kill();
     let structured = ("Content-Type", "application/cloudevents+json");
@@ -602,28 +594,8 @@ async fn the_api_accepts_events_while_nats_is_down() {
 #[tokio::test]
 async fn two_instances_relay_once_and_handle_once() {
     let first = Server::start().await;
-    let (child, address) = spawn(&first.url, &first.nats, &first.stream, &first.prefix).await;
-    let second = Server {
-        child,
-        address,
-        database: first.database.clone(),
-        admin_url: first.admin_url.clone(),
-        url: first.url.clone(),
-        nats: first.nats.clone(),
-        stream: first.stream.clone(),
-        prefix: first.prefix.clone(),
-    };
-    let workspace =
-        r#"{"id":"twins","name":"Twins","repository":{"kind":"local","path":"/tmp/twins"}}"#;
-    let (status, _) = first
-        .request(
-            "POST",
-            "/v1/workspaces",
-            &[AUTH, ("Content-Type", "application/json")],
-            workspace,
-        )
-        .await;
-    assert_eq!(status, 201);
+    let second = first.twin().await;
+    first.create_workspace("twins").await;
     let structured = ("Content-Type", "application/cloudevents+json");
     for i in 0..100 {
         let event = json!({

@@ -20,10 +20,6 @@ use std::{
 
 use futures::{StreamExt as _, future::BoxFuture};
 use serde_json::json;
-use sqlx::{
-    Connection, Executor, PgConnection,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
 use switchyard_agent_runtime::{
     Agent, AgentRuntime, Context, HandlerError, Manifest, RuntimeConfig,
 };
@@ -32,6 +28,7 @@ use switchyard_events::{
 };
 use switchyard_relay::{Relay, RelayConfig};
 use switchyard_store::{EventStore, ReadFilter, StoreConfig, Wakeups};
+use switchyard_testkit::TempDatabase;
 use tokio_util::sync::CancellationToken;
 
 struct Answer(Manifest);
@@ -86,7 +83,6 @@ struct Seen {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("DATABASE_URL").expect("set DATABASE_URL");
     let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let rate: u64 = std::env::var("SY_BENCH_RATE")
         .ok()
@@ -97,18 +93,8 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
 
-    let database = format!("sy_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&url).await.unwrap();
-    admin
-        .execute(format!("CREATE DATABASE {database}").as_str())
-        .await
-        .unwrap();
-    let options: PgConnectOptions = url.parse::<PgConnectOptions>().unwrap().database(&database);
-    let pool = PgPoolOptions::new()
-        .max_connections(24)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let database = TempDatabase::create("sy_bench").await;
+    let pool = database.pool(24).await;
     switchyard_store::MIGRATOR.run(&pool).await.unwrap();
     let store = EventStore::new(
         pool.clone(),
@@ -280,10 +266,7 @@ async fn main() {
         .delete_stream(&relay_config.stream)
         .await;
     pool.close().await;
-    admin
-        .execute(format!("DROP DATABASE {database} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
+    database.drop_now().await;
 }
 
 async fn wait_all(seen: &Arc<Mutex<Seen>>, prefix: &str, n: u64) {

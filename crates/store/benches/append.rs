@@ -16,12 +16,10 @@ use std::{
 };
 
 use serde_json::json;
-use sqlx::{
-    Connection, Executor, PgConnection, PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use sqlx::{Executor, PgPool};
 use switchyard_events::{Catalog, EventType, NewEvent, Source, StreamId, Workspace};
 use switchyard_store::{EventStore, MIGRATOR, StoreConfig};
+use switchyard_testkit::TempDatabase;
 
 const RAW_INSERT: &str = "INSERT INTO raw_events
     (workspace, stream_id, stream_version, id, source, type, time, data, correlation_id)
@@ -145,23 +143,12 @@ async fn store_batches(store: &EventStore, batches: usize, size: usize) -> Durat
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::var("DATABASE_URL").expect("set DATABASE_URL (scripts/test prints one)");
     let scale: usize = std::env::var("SY_BENCH_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6_400);
-    let database = format!("sy_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&url).await.unwrap();
-    admin
-        .execute(format!("CREATE DATABASE {database}").as_str())
-        .await
-        .unwrap();
-    let options: PgConnectOptions = url.parse::<PgConnectOptions>().unwrap().database(&database);
-    let pool = PgPoolOptions::new()
-        .max_connections(40)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let database = TempDatabase::create("sy_bench").await;
+    let pool = database.pool(40).await;
     MIGRATOR.run(&pool).await.unwrap();
     // The raw limit: the same columns, the same indexes, no triggers, no checks.
     pool.execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
@@ -253,8 +240,5 @@ async fn main() {
 
     drop(store);
     pool.close().await;
-    admin
-        .execute(format!("DROP DATABASE {database} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
+    database.drop_now().await;
 }

@@ -32,6 +32,68 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A PostgreSQL database of its own for a test binary or a benchmark that does not use
+/// `#[sqlx::test]` (which makes its own): created on the server of `DATABASE_URL` (a role with
+/// CREATEDB), dropped by [`TempDatabase::drop_now`].
+#[derive(Debug)]
+pub struct TempDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TempDatabase {
+    /// Creates `<prefix>_<random>` next to `DATABASE_URL`'s database.
+    pub async fn create(prefix: &str) -> Self {
+        use sqlx::{Connection, Executor};
+        let admin_url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL must be set (scripts/test and scripts/up print one)");
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let (base, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
+        let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+        let url = match query {
+            Some(q) => format!("{server}/{name}?{q}"),
+            None => format!("{server}/{name}"),
+        };
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    /// Its connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A pool of up to `max` connections to it.
+    pub async fn pool(&self, max: u32) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max)
+            .connect(&self.url)
+            .await
+            .unwrap()
+    }
+
+    /// Drops it, disconnecting whoever is still connected.
+    pub async fn drop_now(self) {
+        use sqlx::{Connection, Executor};
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await
+            .unwrap();
+    }
+}
+
 /// A nats-server with JetStream of a test's own: its own port and store directory, so that a
 /// test may kill, stop and restart it without touching anyone else. Killed on drop; its store
 /// directory is removed.
