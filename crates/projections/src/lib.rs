@@ -170,18 +170,30 @@ impl ProjectionRunner {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let applied = self.step(projection).await?;
+            let (applied, held_back) = self.advance(projection).await?;
             if applied < self.batch as usize {
+                let wait = if held_back {
+                    5
+                } else if applied == 0 {
+                    2_000
+                } else {
+                    1
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
-                    _ = wakeups.wait(Duration::from_millis(if applied == 0 { 2_000 } else { 1 })) => {}
+                    _ = wakeups.wait(Duration::from_millis(wait)) => {}
                 }
             }
         }
     }
 
-    /// Applies the next batch of one projection; returns how many events it read.
+    /// Applies the next batch of one projection; returns how many events it read, and whether
+    /// committed events were held back by an older open transaction.
     pub async fn step(&self, projection: &dyn Projection) -> Result<usize> {
+        Ok(self.advance(projection).await?.0)
+    }
+
+    async fn advance(&self, projection: &dyn Projection) -> Result<(usize, bool)> {
         let name = projection.name();
         let (cursor, _) = checkpoint(self.store.pool(), name).await?;
         let page = self
@@ -189,7 +201,7 @@ impl ProjectionRunner {
             .read_all(cursor, &ReadFilter::default(), self.batch)
             .await?;
         if page.next == cursor {
-            return Ok(0);
+            return Ok((0, page.held_back));
         }
         let mut conn = self.store.pool().acquire().await?;
         let mut tx = conn.begin().await?;
@@ -198,12 +210,12 @@ impl ProjectionRunner {
         // checkpoint stands now, under the lock.
         let (now, _) = checkpoint(&mut *tx, name).await?;
         if now != cursor {
-            return Ok(0);
+            return Ok((0, false));
         }
         apply_page(&mut tx, projection, &schema_name(name), &page.events).await?;
         save_checkpoint(&mut tx, name, page.next, page.events.len() as i64, false).await?;
         tx.commit().await?;
-        Ok(page.events.len())
+        Ok((page.events.len(), page.held_back))
     }
 
     /// Rebuilds a projection from position 0 beside the live one, then swaps it in. Returns

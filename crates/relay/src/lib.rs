@@ -224,7 +224,9 @@ impl Relay {
                 // Caught up: sleep until new events commit (or the watermark may have moved:
                 // an event that was held back by an older transaction shows up on the next
                 // round, woken by that transaction's own notification or the idle timeout).
-                let wait = if page.events.is_empty() {
+                let wait = if page.held_back {
+                    Duration::from_millis(5)
+                } else if page.events.is_empty() {
                     idle
                 } else {
                     Duration::from_millis(1)

@@ -27,6 +27,10 @@ pub struct Page {
     /// Where the next read starts. It moves past events the filter skipped, and past the
     /// whole visible store when the page is not full, so a filtered reader does not rescan.
     pub next: Cursor,
+    /// Committed events exist that this read could not return yet, because an older
+    /// transaction is still open somewhere in the cluster. A follower should look again soon
+    /// rather than wait for the next notification (the holder may append nothing).
+    pub held_back: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -128,7 +132,9 @@ impl EventStore {
     pub async fn read_all(&self, after: Cursor, filter: &ReadFilter, limit: u32) -> Result<Page> {
         let rows: Vec<PgRow> = sqlx::query(concat!(
             "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-             SELECT w.xmin::text::int8 AS watermark, e.*
+             SELECT w.xmin::text::int8 AS watermark,
+                    EXISTS (SELECT 1 FROM events h WHERE h.transaction_id >= w.xmin) AS held_back,
+                    e.*
              FROM w LEFT JOIN LATERAL (
                  SELECT ",
             event_columns!(""),
@@ -152,9 +158,11 @@ impl EventStore {
         // The lateral join yields one row of NULL event columns when nothing is visible, so the
         // watermark of this very snapshot always comes back.
         let mut watermark = 0u64;
+        let mut held_back = false;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             watermark = u64::try_from(row.try_get::<i64, _>("watermark")?).unwrap_or_default();
+            held_back = row.try_get("held_back")?;
             if row.try_get::<Option<i64>, _>("position")?.is_some() {
                 events.push(RecordedEvent::try_from(EventRow::from_row(row)?)?);
             }
@@ -168,7 +176,11 @@ impl EventStore {
             };
             next = next.max(seen_all);
         }
-        Ok(Page { events, next })
+        Ok(Page {
+            events,
+            next,
+            held_back,
+        })
     }
 
     /// Reads a stream's events with versions after `after_version` (0 = from the start), up

@@ -123,6 +123,10 @@ async fn a_late_commit_is_never_skipped(pool: PgPool) {
             .map(|e| (e.cursor, e.stream.to_string()))
             .collect::<Vec<_>>()
     );
+    assert!(
+        page.held_back,
+        "the reader is told that committed events wait"
+    );
     let cursor = page.next;
 
     early.commit().await.unwrap();
