@@ -681,3 +681,116 @@ async fn two_instances_relay_once_and_handle_once() {
     second.child.kill().await.unwrap();
     first.stop().await;
 }
+
+/// A proposal made over HTTP is approved with the CLI; the record says who and through which
+/// channel; `events tail` shows it.
+#[tokio::test]
+async fn the_cli_approves_a_proposal_made_over_http() {
+    let server = Server::start().await;
+    server.create_workspace("cli").await;
+    let draft = json!({
+        "title": "Add a contributing guide",
+        "description": "New contributors ask how to run the tests.",
+        "changes": [{"path": "CONTRIBUTING.md", "action": "create", "content": "Run scripts/test.\n"}]
+    })
+    .to_string();
+    let (status, created) = server
+        .request(
+            "POST",
+            "/v1/workspaces/cli/proposals",
+            &[AUTH, ("Content-Type", "application/json")],
+            &draft,
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .args(args)
+            .env("DATABASE_URL", &server.url)
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let approved = cli(&[
+        "proposals",
+        "-w",
+        "cli",
+        "approve",
+        &id,
+        "--as",
+        "alice",
+        "--comment",
+        "ship it",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    assert!(String::from_utf8_lossy(&approved.stdout).contains(&format!("approved {id}")));
+    let again = cli(&[
+        "proposals",
+        "-w",
+        "cli",
+        "reject",
+        &id,
+        "--reason",
+        "too late",
+        "--as",
+        "bob",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(!again.status.success(), "a decision is taken once");
+
+    let (status, shown) = server
+        .request(
+            "GET",
+            &format!("/v1/workspaces/cli/proposals/{id}"),
+            &[AUTH],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["status"], "approved");
+    let approval = &shown["history"][1]["data"];
+    assert_eq!(
+        (
+            approval["approved_by"].as_str(),
+            approval["channel"].as_str()
+        ),
+        (Some("alice"), Some("cli"))
+    );
+    assert_eq!(approval["content_hash"], created["content_hash"]);
+
+    let tail = cli(&[
+        "events",
+        "tail",
+        "-w",
+        "cli",
+        "--type",
+        "proposal.approved.v1",
+        "--no-follow",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["data"]["proposal_id"], id.as_str());
+    server.stop().await;
+}

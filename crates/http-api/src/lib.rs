@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod events;
 mod ops;
+mod proposals;
 mod workspaces;
 
 use std::{
@@ -153,6 +154,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{ws}", get(workspaces::get))
         .route("/v1/schemas", get(list_schemas))
         .route("/v1/schemas/{ty}", get(get_schema))
+        .route(
+            "/v1/workspaces/{ws}/proposals",
+            post(proposals::create).get(proposals::list),
+        )
+        .route("/v1/workspaces/{ws}/proposals/{id}", get(proposals::show))
+        .route(
+            "/v1/workspaces/{ws}/proposals/{id}/approve",
+            post(proposals::approve),
+        )
+        .route(
+            "/v1/workspaces/{ws}/proposals/{id}/reject",
+            post(proposals::reject),
+        )
         .route("/v1/ops/status", get(ops::status))
         .route("/v1/ops/dead-letters", get(ops::dead_letters))
         .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))

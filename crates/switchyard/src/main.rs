@@ -1,5 +1,6 @@
 //! `switchyard`: the event-sourced control plane for software-development agents.
 
+mod cli;
 mod ops;
 mod settings;
 
@@ -52,6 +53,20 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
+    /// List, show, approve or reject proposals (works on the database directly: the same
+    /// decisions and events as the API, recorded with channel `cli`).
+    Proposals {
+        /// The workspace.
+        #[arg(long, short, env = "SWITCHYARD_WORKSPACE", default_value = "demo")]
+        workspace: String,
+        #[command(subcommand)]
+        command: cli::ProposalCommand,
+    },
+    /// Events as they are stored.
+    Events {
+        #[command(subcommand)]
+        command: cli::EventCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +93,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { listen } => serve(settings, listen).await,
         Command::Projections { command } => projections(settings, command).await,
+        Command::Proposals { workspace, command } => {
+            cli::proposals(open_store(&settings).await?, &workspace, command).await
+        }
+        Command::Events { command } => cli::events(open_store(&settings).await?, command).await,
     }
 }
 
@@ -129,17 +148,29 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every projection the server runs.
+fn all_projections() -> Vec<Arc<dyn switchyard_projections::Projection>> {
+    let mut projections = ProjectionRunner::builtin();
+    projections.push(Arc::new(switchyard_proposals::ProposalsProjection));
+    projections
+}
+
+/// The store, for commands that work on the database directly.
+async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
+    let catalog =
+        Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
+    let pool = connect(settings).await?;
+    migrate(&pool).await?;
+    Ok(EventStore::new(pool, Arc::new(catalog), &settings.store))
+}
+
 async fn projections(settings: Settings, command: ProjectionCommand) -> anyhow::Result<()> {
     let catalog =
         Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
     let pool = connect(&settings).await?;
     migrate(&pool).await?;
     let store = EventStore::new(pool, Arc::new(catalog), &settings.store);
-    let runner = ProjectionRunner::new(
-        store,
-        ProjectionRunner::builtin(),
-        settings.projections.batch,
-    );
+    let runner = ProjectionRunner::new(store, all_projections(), settings.projections.batch);
     runner.ensure_schemas().await?;
     match command {
         ProjectionCommand::Status => {
@@ -193,11 +224,8 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
     // The machinery behind the API: relay, projections, agents. Every instance runs all of
     // them; the relay is active on one, projections and consumers share the work.
     let relay = Relay::new(store.clone(), nats.clone(), settings.relay.clone());
-    let projections = ProjectionRunner::new(
-        store.clone(),
-        ProjectionRunner::builtin(),
-        settings.projections.batch,
-    );
+    let projections =
+        ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch);
     projections
         .ensure_schemas()
         .await

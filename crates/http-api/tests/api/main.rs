@@ -5,6 +5,7 @@
 
 mod auth;
 mod events;
+mod proposals;
 mod workspaces;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub(crate) const TOKEN: &str = "sy_test_admin_token_0123456789";
 pub(crate) struct Api {
     router: Router,
     pool: PgPool,
+    pub(crate) store: EventStore,
 }
 
 impl Api {
@@ -49,8 +51,9 @@ impl Api {
             None
         };
         Self {
-            router: router(AppState::new(store, nats, config)),
+            router: router(AppState::new(store.clone(), nats, config)),
             pool,
+            store,
         }
     }
 

@@ -1,0 +1,190 @@
+//! Operator commands that work on the database directly: proposals and the event log.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use serde_json::Value;
+use switchyard_events::{Cursor, EventType, Source, StreamId, Workspace};
+use switchyard_proposals::{Decision, Status, decide, fold, stream};
+use switchyard_store::{EventStore, ReadFilter, Wakeups};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProposalCommand {
+    /// Proposals of the workspace, pending first.
+    List {
+        /// Only this status: pending, approved, rejected, committed, failed.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One proposal with its changes and history.
+    Show {
+        /// The proposal's id.
+        id: String,
+    },
+    /// Approve a proposal (exactly the content it has now).
+    Approve {
+        /// The proposal's id.
+        id: String,
+        /// A comment for the record.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Who approves (default: $USER).
+        #[arg(long = "as", env = "USER")]
+        by: String,
+    },
+    /// Reject a proposal.
+    Reject {
+        /// The proposal's id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Who rejects (default: $USER).
+        #[arg(long = "as", env = "USER")]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EventCommand {
+    /// Print events as JSON lines in global order, then follow new ones.
+    Tail {
+        /// Only this workspace.
+        #[arg(long, short)]
+        workspace: Option<String>,
+        /// Only this event type.
+        #[arg(long = "type", short)]
+        ty: Option<String>,
+        /// Start after this cursor ("0" = from the beginning).
+        #[arg(long, default_value = "0")]
+        after: String,
+        /// Stop when caught up instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+pub(crate) async fn proposals(
+    store: EventStore,
+    workspace: &str,
+    command: ProposalCommand,
+) -> anyhow::Result<()> {
+    let workspace = Workspace::parse(workspace)?;
+    match command {
+        ProposalCommand::List { status } => {
+            let status = status
+                .map(|s| Status::parse(&s).with_context(|| format!("unknown status {s:?}")))
+                .transpose()?;
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT id, status, author, title FROM proj_proposals.proposals
+                 WHERE workspace = $1 AND ($2::text IS NULL OR status = $2)
+                 ORDER BY status <> 'pending', created_at DESC",
+            )
+            .bind(workspace.as_str())
+            .bind(status.map(Status::as_str))
+            .fetch_all(store.pool())
+            .await
+            .context("reading the proposals projection (is the server running its projections?)")?;
+            for (id, status, author, title) in rows {
+                println!("{id}  {status:<9}  {author:<24}  {title}");
+            }
+        }
+        ProposalCommand::Show { id } => {
+            let proposal = load(&store, &workspace, &id).await?;
+            println!("{}", serde_json::to_string_pretty(&proposal)?);
+        }
+        ProposalCommand::Approve { id, comment, by } => {
+            let proposal = load(&store, &workspace, &id).await?;
+            let decision = Decision::Approve {
+                comment,
+                content_hash: Some(proposal.content_hash.clone()),
+            };
+            record(&store, &workspace, &proposal, &by, decision).await?;
+            println!("approved {id} (content {})", proposal.content_hash);
+        }
+        ProposalCommand::Reject { id, reason, by } => {
+            if reason.trim().is_empty() {
+                bail!("a rejection needs a reason");
+            }
+            let proposal = load(&store, &workspace, &id).await?;
+            record(
+                &store,
+                &workspace,
+                &proposal,
+                &by,
+                Decision::Reject { reason },
+            )
+            .await?;
+            println!("rejected {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn load(
+    store: &EventStore,
+    workspace: &Workspace,
+    id: &str,
+) -> anyhow::Result<switchyard_proposals::Proposal> {
+    let stream = StreamId::parse(&stream(id))?;
+    let events = store.read_stream(workspace, &stream, 0, 10_000).await?;
+    fold(&events).with_context(|| format!("proposal {id} does not exist in workspace {workspace}"))
+}
+
+async fn record(
+    store: &EventStore,
+    workspace: &Workspace,
+    proposal: &switchyard_proposals::Proposal,
+    by: &str,
+    decision: Decision,
+) -> anyhow::Result<()> {
+    let event = decide(
+        proposal,
+        workspace,
+        &Source::parse("/cli")?,
+        by,
+        "cli",
+        &decision,
+    )?;
+    match store.append(vec![event]).await {
+        Ok(_) => Ok(()),
+        Err(switchyard_store::Error::Conflict { .. }) => {
+            bail!(
+                "proposal {} was decided concurrently; a decision is taken once",
+                proposal.id
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn events(store: EventStore, command: EventCommand) -> anyhow::Result<()> {
+    let EventCommand::Tail {
+        workspace,
+        ty,
+        after,
+        no_follow,
+    } = command;
+    let filter = ReadFilter {
+        workspace: workspace.as_deref().map(Workspace::parse).transpose()?,
+        ty: ty.as_deref().map(EventType::parse).transpose()?,
+    };
+    let mut cursor: Cursor = after.parse()?;
+    let mut wakeups = Wakeups::listen(&store).await?;
+    loop {
+        let page = store.read_all(cursor, &filter, 500).await?;
+        for event in &page.events {
+            let json: Value = serde_json::to_value(event.to_cloudevent())?;
+            println!("{json}");
+        }
+        cursor = page.next;
+        if page.events.is_empty() {
+            if no_follow && !page.held_back {
+                return Ok(());
+            }
+            let wait = if page.held_back { 5 } else { 1_000 };
+            wakeups.wait(Duration::from_millis(wait)).await;
+        }
+    }
+}
