@@ -101,6 +101,14 @@ impl Server {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
+    /// How many `agent.registered.v1` the built-in agents appended.
+    async fn registrations(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'agent.registered.v1'")
+            .fetch_one(&mut self.db().await)
+            .await
+            .unwrap()
+    }
+
     async fn db(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.unwrap()
     }
@@ -317,28 +325,33 @@ async fn a_cloudevent_posted_over_http_is_stored_and_read_back() {
     assert_eq!(events[0]["type"], "workspace.created.v1");
 
     // The machinery behind: the relay published every event (the three above and the built-in
-    // agent's registration), the projections follow.
+    // agents' registrations), the projections follow.
+    let registrations = server.registrations().await;
+    assert!(registrations >= 2, "the built-in agents registered");
+    let expected = 3 + registrations;
     let mut status = Value::Null;
     for _ in 0..100 {
         let (code, body) = server.request("GET", "/v1/ops/status", &[AUTH], "").await;
         assert_eq!(code, 200, "{body}");
         status = body;
-        if status["relay"]["status"]["relayed"] == 4 && status["projections"][0]["applied"] == 4 {
+        if status["relay"]["status"]["relayed"] == expected
+            && status["projections"][0]["applied"] == expected
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(status["store"]["events"], 4, "{status}");
-    assert_eq!(status["relay"]["status"]["relayed"], 4, "{status}");
+    assert_eq!(status["store"]["events"], expected, "{status}");
+    assert_eq!(status["relay"]["status"]["relayed"], expected, "{status}");
     assert_eq!(status["relay"]["active_here"], true);
     assert_eq!(status["projections"][0]["name"], "agent_state");
-    assert_eq!(status["projections"][0]["applied"], 4, "{status}");
+    assert_eq!(status["projections"][0]["applied"], expected, "{status}");
     let client = async_nats::connect(&server.nats).await.unwrap();
     let mut stream = async_nats::jetstream::new(client)
         .get_stream(&server.stream)
         .await
         .unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 4);
+    assert_eq!(stream.info().await.unwrap().state.messages as i64, expected);
 
     let (code, body) = server
         .request("GET", "/v1/ops/dead-letters", &[AUTH], "")
@@ -574,9 +587,10 @@ async fn the_api_accepts_events_while_nats_is_down() {
         if status["relay"]["status"]["relayed"] == status["store"]["events"]
             && status["relay"]["status"]["lag_events"] == 0
         {
+            let expected = 21 + server.registrations().await;
             assert_eq!(
-                status["store"]["events"], 22,
-                "workspace + agent registration + 20"
+                status["store"]["events"], expected,
+                "workspace + agent registrations + 20"
             );
             break;
         }
@@ -793,4 +807,131 @@ async fn the_cli_approves_a_proposal_made_over_http() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["data"]["proposal_id"], id.as_str());
     server.stop().await;
+}
+
+/// A proposal approved over HTTP is committed by the git agent into a real repository; the
+/// three events share one correlation id, each caused by the one before.
+#[tokio::test]
+async fn an_approved_proposal_becomes_a_commit() {
+    let repo = std::env::temp_dir().join(format!("sy-e2e-repo-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(repo.join("README.md"), "# Demo\n\nSee docs/setup.md.\n").unwrap();
+    git(&["add", "README.md"]);
+    git(&["commit", "--quiet", "-m", "init"]);
+
+    let server = Server::start().await;
+    let workspace = json!({"id": "gitty", "name": "Gitty", "repository": {"kind": "local", "path": repo.to_str().unwrap()}});
+    let json_type = ("Content-Type", "application/json");
+    let (status, _) = server
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, json_type],
+            &workspace.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let draft = json!({
+        "title": "Fix the setup link",
+        "description": "docs/setup.md does not exist; docs/install.md does.",
+        "changes": [
+            {"path": "README.md", "action": "modify", "content": "# Demo\n\nSee docs/install.md.\n"},
+            {"path": "docs/install.md", "action": "create", "content": "Run scripts/up.\n"}
+        ]
+    });
+    let (status, created) = server
+        .request(
+            "POST",
+            "/v1/workspaces/gitty/proposals",
+            &[AUTH, json_type],
+            &draft.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let approve = json!({"content_hash": created["content_hash"]}).to_string();
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/v1/workspaces/gitty/proposals/{id}/approve"),
+            &[AUTH, json_type],
+            &approve,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut shown = Value::Null;
+    for _ in 0..200 {
+        shown = server
+            .request(
+                "GET",
+                &format!("/v1/workspaces/gitty/proposals/{id}"),
+                &[AUTH],
+                "",
+            )
+            .await
+            .1;
+        if shown["status"] == "committed" || shown["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shown["status"], "committed", "{shown}");
+    let history = shown["history"].as_array().unwrap();
+    let types: Vec<&str> = history
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "proposal.created.v1",
+            "proposal.approved.v1",
+            "git.commit.v1"
+        ]
+    );
+    let correlation = &history[0]["correlationid"];
+    assert!(
+        history.iter().all(|e| &e["correlationid"] == correlation),
+        "one correlation id"
+    );
+    assert_eq!(history[1]["causationid"], history[0]["id"]);
+    assert_eq!(history[2]["causationid"], history[1]["id"]);
+
+    // The commit is in the repository, on its branch, with the proposed content.
+    let commit = &history[2]["data"];
+    let sha = commit["sha"].as_str().unwrap();
+    assert_eq!(commit["branch"], format!("switchyard/{id}"));
+    assert_eq!(git(&["rev-parse", &format!("switchyard/{id}")]), sha);
+    assert_eq!(
+        git(&["show", &format!("{sha}:docs/install.md")]),
+        "Run scripts/up."
+    );
+    assert_eq!(
+        git(&["show", &format!("{sha}:README.md")]),
+        "# Demo\n\nSee docs/install.md."
+    );
+    let message = git(&["log", "-1", "--format=%B", sha]);
+    assert!(
+        message.contains(&id) && message.contains("Approved-by:"),
+        "{message}"
+    );
+    server.stop().await;
+    std::fs::remove_dir_all(&repo).unwrap();
 }

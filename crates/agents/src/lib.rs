@@ -2,15 +2,20 @@
 //! [`Agent`](switchyard_agent_runtime::Agent): a manifest and a handler, with no privileges
 //! beyond what its manifest declares.
 
+mod git;
 mod retrospective;
 
 use std::sync::Arc;
 
 use switchyard_agent_runtime::Agent;
 
+pub use git::GitAgent;
 pub use retrospective::Retrospective;
 
 /// Every built-in agent, as the server runs them.
 pub fn builtin() -> Vec<Arc<dyn Agent>> {
-    vec![Arc::new(Retrospective::new())]
+    vec![
+        Arc::new(Retrospective::new()),
+        Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit))),
+    ]
 }

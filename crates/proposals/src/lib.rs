@@ -142,6 +142,10 @@ pub struct Proposal {
     pub created_at: DateTime<Utc>,
     /// The stream's last version (what a decision must expect).
     pub version: u64,
+    /// The id of its `proposal.created.v1` (what a decision is caused by).
+    pub created_event_id: String,
+    /// The correlation its events share.
+    pub correlation_id: String,
     /// Every event of its stream, oldest first.
     pub history: Vec<Value>,
 }
@@ -169,6 +173,8 @@ pub fn fold(events: &[RecordedEvent]) -> Option<Proposal> {
             .to_owned(),
         created_at: created.time,
         version: 0,
+        created_event_id: created.id.to_string(),
+        correlation_id: created.correlation_id.clone(),
         history: Vec::with_capacity(events.len()),
     };
     for event in events {
@@ -330,8 +336,12 @@ pub fn decide(
             json!({"proposal_id": proposal.id, "rejected_by": by, "channel": channel, "reason": reason}),
         ),
     };
-    Ok(event(workspace, source, ty, &proposal.id, data)?
-        .expecting(ExpectedVersion::Exactly(proposal.version)))
+    let mut event = event(workspace, source, ty, &proposal.id, data)?
+        .expecting(ExpectedVersion::Exactly(proposal.version));
+    // One correlation from proposal to commit; the decision is caused by the proposal.
+    event.correlation_id = Some(proposal.correlation_id.clone());
+    event.causation_id = Some(proposal.created_event_id.clone());
+    Ok(event)
 }
 
 #[cfg(test)]
