@@ -935,3 +935,128 @@ async fn an_approved_proposal_becomes_a_commit() {
     server.stop().await;
     std::fs::remove_dir_all(&repo).unwrap();
 }
+
+/// The spec agent proposes a fix for a dead link it finds in the repository; once a person
+/// rejects it, it is not proposed again — on demand, and after a restart.
+#[tokio::test]
+async fn rejected_findings_are_not_proposed_again_after_a_restart() {
+    let repo = std::env::temp_dir().join(format!("sy-e2e-spec-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(repo.join("docs")).unwrap();
+    std::fs::write(
+        repo.join("README.md"),
+        "# Demo\n\nSee [setup](docs/setup.md) and [api](docs/api.md).\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("docs/api.md"), "# API\n").unwrap();
+    let mut server = Server::start().await;
+    let workspace = json!({"id": "specs", "name": "Specs", "repository": {"kind": "local", "path": repo.to_str().unwrap()}});
+    let json_type = ("Content-Type", "application/json");
+    let (status, _) = server
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, json_type],
+            &workspace.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let proposals = |server: &Server| {
+        let url = server.url.clone();
+        async move {
+            let mut db = PgConnection::connect(&url).await.unwrap();
+            sqlx::query_as::<_, (String, Value)>(
+                "SELECT data->>'proposal_id', data FROM events WHERE type = 'proposal.created.v1' ORDER BY position",
+            )
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut found = Vec::new();
+    while found.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spec agent never proposed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        found = proposals(&server).await;
+    }
+    assert_eq!(found.len(), 1, "one dead link, one proposal");
+    let (id, data) = &found[0];
+    assert_eq!(data["author"], "spec");
+    assert_eq!(data["finding"]["kind"], "broken-link");
+    assert_eq!(
+        data["changes"][0]["content"],
+        "# Demo\n\nSee setup and [api](docs/api.md).\n"
+    );
+
+    let reject = json!({"reason": "setup.md is coming in the next release"}).to_string();
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/v1/workspaces/specs/proposals/{id}/reject"),
+            &[AUTH, json_type],
+            &reject,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Wait until the agent has learnt it (its memory of the rejection).
+    let mut db = server.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let learnt: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE type = 'agent.memory.recorded.v1' AND data->>'key' LIKE 'rejected:%'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if learnt == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rejection was never remembered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for round in 0..2 {
+        if round == 1 {
+            server.kill_and_restart().await;
+        }
+        let (status, _) = server
+            .request("POST", "/v1/workspaces/specs/agents/spec/run", &[AUTH], "")
+            .await;
+        assert_eq!(status, 202);
+        // The run is handled (its handled record exists), and proposes nothing new.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let runs: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM agent_handled h JOIN events e ON e.position = h.event_position
+                 WHERE h.agent = 'spec' AND e.type = 'agent.run_requested.v1'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            if runs == round + 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {round} was never handled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            proposals(&server).await.len(),
+            1,
+            "the rejected finding is not proposed again (round {round})"
+        );
+    }
+    drop(db);
+    server.stop().await;
+    std::fs::remove_dir_all(&repo).unwrap();
+}

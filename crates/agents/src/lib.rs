@@ -4,6 +4,7 @@
 
 mod git;
 mod retrospective;
+mod spec;
 
 use std::sync::Arc;
 
@@ -11,11 +12,13 @@ use switchyard_agent_runtime::Agent;
 
 pub use git::GitAgent;
 pub use retrospective::Retrospective;
+pub use spec::SpecAgent;
 
 /// Every built-in agent, as the server runs them.
 pub fn builtin() -> Vec<Arc<dyn Agent>> {
     vec![
         Arc::new(Retrospective::new()),
+        Arc::new(SpecAgent::new()),
         Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit))),
     ]
 }

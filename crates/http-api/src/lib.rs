@@ -167,6 +167,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/workspaces/{ws}/proposals/{id}/reject",
             post(proposals::reject),
         )
+        .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
         .route("/v1/ops/status", get(ops::status))
         .route("/v1/ops/dead-letters", get(ops::dead_letters))
         .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
@@ -254,4 +255,42 @@ async fn get_schema(
         .get(&ty)
         .ok_or_else(|| ApiError::not_found(format!("no schema for event type {ty}")))?;
     Ok(Json(schema.document().clone()).into_response())
+}
+
+/// `POST /v1/workspaces/{ws}/agents/{agent}/run`: asks an agent to run now
+/// (`agent.run_requested.v1`). 202: the agent does the work asynchronously.
+async fn run_agent(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path((workspace, agent)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let workspace = state
+        .existing_workspace(&principal, &workspace, Scope::Propose)
+        .await?;
+    let valid = !agent.is_empty()
+        && agent.len() <= 63
+        && agent
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ApiError::not_found(format!("no agent named {agent:?}")));
+    }
+    let event = switchyard_events::NewEvent::new(
+        workspace,
+        switchyard_events::Source::parse("/api").map_err(ApiError::from)?,
+        switchyard_events::EventType::parse("agent.run_requested.v1").map_err(ApiError::from)?,
+        StreamId::parse(&format!("agent/{agent}/runs")).map_err(ApiError::from)?,
+        json!({"agent": agent, "requested_by": principal.name}),
+    );
+    let appended = state
+        .store
+        .append(vec![event])
+        .await
+        .map_err(|e| ApiError::from_store(e, false))?;
+    let sequence = appended.first().map(|a| a.position);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"agent": agent, "sequence": sequence})),
+    )
+        .into_response())
 }

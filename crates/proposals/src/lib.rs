@@ -260,6 +260,18 @@ fn event(
     ))
 }
 
+/// The data of `proposal.created.v1` for a draft: the draft plus the server-owned fields.
+pub fn created_data(id: &str, author: &str, draft: &Draft) -> Value {
+    let hash = content_hash(&draft.title, &draft.description, &draft.changes);
+    let mut data = serde_json::to_value(draft).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut data {
+        map.insert("proposal_id".into(), json!(id));
+        map.insert("content_hash".into(), json!(hash));
+        map.insert("author".into(), json!(author));
+    }
+    data
+}
+
 /// The `proposal.created.v1` event of a new proposal (id generated, stream must be new).
 pub fn propose(
     workspace: &Workspace,
@@ -281,13 +293,7 @@ pub fn propose(
         }
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let hash = content_hash(&draft.title, &draft.description, &draft.changes);
-    let mut data = serde_json::to_value(draft).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut data {
-        map.insert("proposal_id".into(), json!(id));
-        map.insert("content_hash".into(), json!(hash));
-        map.insert("author".into(), json!(author));
-    }
+    let data = created_data(&id, author, draft);
     let event = event(workspace, source, "proposal.created.v1", &id, data)?
         .expecting(ExpectedVersion::NoStream);
     Ok((id, event))

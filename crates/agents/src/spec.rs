@@ -1,0 +1,353 @@
+//! The spec agent: looks at the workspace's repository and proposes changes it can justify from
+//! the files alone, deterministically. Today's finding: Markdown links to files that do not
+//! exist (the change removes the link and keeps its text).
+//!
+//! Each finding has a stable fingerprint. The agent remembers what it proposed and what people
+//! rejected (`remember`, so it survives restarts) and proposes neither again. It honours
+//! `project_scope.md` at the repository root: lines `exclude: <path prefix>` put paths out of
+//! scope. It runs on `workspace.created.v1`, `git.commit.v1` and `agent.run_requested.v1`
+//! naming it, and learns from `proposal.rejected.v1`.
+
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
+use switchyard_events::{EventType, RecordedEvent};
+use switchyard_proposals::{Action, Change, Draft, Finding, created_data, stream};
+
+/// The agent.
+#[derive(Debug)]
+pub struct SpecAgent {
+    manifest: Manifest,
+}
+
+/// Most files one run reads, to keep a run bounded on a large repository.
+const MAX_FILES: usize = 5_000;
+/// Most proposals one run makes.
+const MAX_PROPOSALS: usize = 20;
+
+impl SpecAgent {
+    /// With its manifest.
+    pub fn new() -> Self {
+        let types = |names: &[&str]| {
+            names
+                .iter()
+                .filter_map(|t| EventType::parse(t).ok())
+                .collect()
+        };
+        Self {
+            manifest: Manifest {
+                name: "spec".into(),
+                version: "0.1.0".into(),
+                capabilities: vec!["spec".into(), "docs".into()],
+                subscribes: types(&[
+                    "workspace.created.v1",
+                    "git.commit.v1",
+                    "agent.run_requested.v1",
+                    "proposal.rejected.v1",
+                ]),
+                emits: types(&["proposal.created.v1"]),
+            },
+        }
+    }
+}
+
+impl Default for SpecAgent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A Markdown link to a file that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BrokenLink {
+    file: String,
+    text: String,
+    target: String,
+}
+
+impl BrokenLink {
+    fn fingerprint(&self) -> String {
+        let digest =
+            Sha256::digest(format!("broken-link\0{}\0{}", self.file, self.target).as_bytes());
+        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// `[text](target)` links of a Markdown file, skipping URLs, anchors and images.
+fn links(markdown: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = markdown;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find("](") else { break };
+        let text = &after[..close];
+        let tail = &after[close + 2..];
+        let Some(end) = tail.find(')') else { break };
+        let target = tail[..end].trim();
+        let is_image = open > 0 && rest.as_bytes()[open - 1] == b'!';
+        if !is_image
+            && !text.contains('[')
+            && !target.is_empty()
+            && !target.contains("://")
+            && !target.starts_with('#')
+            && !target.starts_with("mailto:")
+            && !target.contains(' ')
+        {
+            out.push((text.to_owned(), target.to_owned()));
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+fn markdown_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir()
+                && !matches!(
+                    name.as_str(),
+                    ".git" | "target" | "node_modules" | ".switchyard"
+                )
+            {
+                stack.push(path);
+            } else if kind.is_file() && name.ends_with(".md") {
+                out.push(path);
+            }
+            if out.len() >= MAX_FILES {
+                return out;
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Path prefixes that `project_scope.md` puts out of scope.
+fn excluded(root: &Path) -> Vec<String> {
+    std::fs::read_to_string(root.join("project_scope.md"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix("exclude:"))
+        .map(|p| p.trim().trim_start_matches("./").to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn find_broken_links(root: &Path) -> Vec<BrokenLink> {
+    let excluded = excluded(root);
+    let mut found = Vec::new();
+    for file in markdown_files(root) {
+        let Ok(relative) = file.strip_prefix(root) else {
+            continue;
+        };
+        let relative = relative.to_string_lossy().replace('\\', "/");
+        if excluded.iter().any(|p| relative.starts_with(p.as_str())) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let dir = file.parent().unwrap_or(root);
+        for (label, target) in links(&text) {
+            let path = target.split('#').next().unwrap_or_default();
+            if path.is_empty() {
+                continue;
+            }
+            let resolved = if let Some(absolute) = path.strip_prefix('/') {
+                root.join(absolute)
+            } else {
+                dir.join(path)
+            };
+            if !resolved.exists() {
+                found.push(BrokenLink {
+                    file: relative.clone(),
+                    text: label,
+                    target,
+                });
+            }
+        }
+    }
+    found
+}
+
+impl SpecAgent {
+    async fn run(&self, ctx: &mut Context<'_>, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let repository: Option<Value> = sqlx::query_scalar(
+            "SELECT data->'repository' FROM events WHERE workspace = $1 AND stream_id = 'workspace' AND stream_version = 1",
+        )
+        .bind(event.workspace.as_str())
+        .fetch_optional(ctx.connection())
+        .await?;
+        let repository = repository.unwrap_or(Value::Null);
+        let Some(root) = repository["path"]
+            .as_str()
+            .filter(|_| repository["kind"] == "local")
+        else {
+            return Ok(()); // only local repositories are read today
+        };
+        let root = PathBuf::from(root);
+        let mut proposed = 0;
+        for finding in find_broken_links(&root) {
+            let fingerprint = finding.fingerprint();
+            if ctx
+                .recall(&format!("rejected:{fingerprint}"))
+                .await?
+                .is_some()
+                || ctx
+                    .recall(&format!("proposed:{fingerprint}"))
+                    .await?
+                    .is_some()
+            {
+                continue;
+            }
+            let Ok(content) = std::fs::read_to_string(root.join(&finding.file)) else {
+                continue;
+            };
+            let link = format!("[{}]({})", finding.text, finding.target);
+            let fixed = content.replace(&link, &finding.text);
+            if fixed == content {
+                continue;
+            }
+            let draft = Draft {
+                title: format!(
+                    "Remove the dead link to {} from {}",
+                    finding.target, finding.file
+                ),
+                description: format!(
+                    "{} links to `{}`, which does not exist in the repository. This keeps the link's text and drops the link.",
+                    finding.file, finding.target
+                ),
+                changes: vec![Change {
+                    path: finding.file.clone(),
+                    action: Action::Modify,
+                    content: Some(fixed),
+                }],
+                rationale: Some(format!(
+                    "`{}` resolves to no file relative to `{}`.",
+                    finding.target, finding.file
+                )),
+                confidence: Some(0.9),
+                finding: Some(Finding {
+                    fingerprint: fingerprint.clone(),
+                    kind: "broken-link".into(),
+                }),
+            };
+            let id = uuid::Uuid::now_v7().to_string();
+            ctx.emit(
+                "proposal.created.v1",
+                &stream(&id),
+                created_data(&id, "spec", &draft),
+            )?;
+            ctx.remember(&format!("proposed:{fingerprint}"), json!(id))?;
+            proposed += 1;
+            if proposed >= MAX_PROPOSALS {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A rejected finding is remembered, so it is not proposed again.
+    async fn learn(
+        &self,
+        ctx: &mut Context<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        let Some(id) = event.data["proposal_id"].as_str() else {
+            return Ok(());
+        };
+        let finding: Option<Value> = sqlx::query_scalar(
+            "SELECT data->'finding' FROM events WHERE workspace = $1 AND stream_id = $2 AND type = 'proposal.created.v1'",
+        )
+        .bind(event.workspace.as_str())
+        .bind(stream(id))
+        .fetch_optional(ctx.connection())
+        .await?;
+        if let Some(fingerprint) = finding.as_ref().and_then(|f| f["fingerprint"].as_str()) {
+            let reason = event.data["reason"].clone();
+            ctx.remember(&format!("rejected:{fingerprint}"), reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl Agent for SpecAgent {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a mut Context<'_>,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            match event.ty.as_str() {
+                "proposal.rejected.v1" => self.learn(ctx, event).await,
+                "agent.run_requested.v1" if event.data["agent"] != "spec" => Ok(()),
+                _ => self.run(ctx, event).await,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn finds_relative_links_only() {
+        let md = "See [setup](docs/setup.md), [site](https://x.y), ![img](a.png), [top](#top) and [api](docs/api.md#routes).";
+        let found: Vec<String> = links(md).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(found, ["docs/setup.md", "docs/api.md#routes"]);
+    }
+
+    #[test]
+    fn reports_dead_links_outside_excluded_paths() {
+        let root = std::env::temp_dir().join(format!("sy-spec-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::create_dir_all(root.join("vendor")).unwrap();
+        std::fs::write(
+            root.join("README.md"),
+            "[ok](docs/api.md) [dead](docs/setup.md)",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("docs/api.md"),
+            "[up](../README.md) [gone](old.md)",
+        )
+        .unwrap();
+        std::fs::write(root.join("vendor/x.md"), "[gone](nowhere.md)").unwrap();
+        std::fs::write(root.join("project_scope.md"), "- exclude: vendor/\n").unwrap();
+        let found = find_broken_links(&root);
+        let pairs: Vec<(&str, &str)> = found
+            .iter()
+            .map(|f| (f.file.as_str(), f.target.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("README.md", "docs/setup.md"), ("docs/api.md", "old.md")]
+        );
+        assert_ne!(found[0].fingerprint(), found[1].fingerprint());
+        assert_eq!(
+            found[0].fingerprint(),
+            find_broken_links(&root)[0].fingerprint(),
+            "stable"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
