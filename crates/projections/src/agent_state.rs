@@ -1,5 +1,7 @@
-//! Agent state: each agent's manifest as last registered, what it remembers, and how active it
-//! is (events it emitted, events it gave up on).
+//! Agent state: each agent's manifest as last registered, what it remembers, how active it is
+//! (events it emitted, events it gave up on), and how its proposals fare (made, approved,
+//! rejected — the approval rate is approved / (approved + rejected) — and the last rejection
+//! reason).
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -31,6 +33,21 @@ CREATE TABLE memory (
     recorded_at  timestamptz NOT NULL,
     position     bigint NOT NULL,
     PRIMARY KEY (workspace, agent, key)
+);
+CREATE TABLE proposal_authors (
+    workspace    text NOT NULL,
+    proposal_id  text NOT NULL,
+    agent        text NOT NULL,
+    PRIMARY KEY (workspace, proposal_id)
+);
+CREATE TABLE proposals (
+    workspace    text NOT NULL,
+    agent        text NOT NULL,
+    made         bigint NOT NULL DEFAULT 0,
+    approved     bigint NOT NULL DEFAULT 0,
+    rejected     bigint NOT NULL DEFAULT 0,
+    last_rejection_reason text,
+    PRIMARY KEY (workspace, agent)
 );
 CREATE TABLE activity (
     workspace    text NOT NULL,
@@ -107,6 +124,48 @@ impl Projection for AgentState {
                     .bind(data.get("value").cloned().unwrap_or(Value::Null))
                     .bind(event.time)
                     .bind(event.position)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "proposal.created.v1" => {
+                    let author = text(data, "author");
+                    sqlx::query(
+                        "INSERT INTO proposal_authors (workspace, proposal_id, agent) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event.workspace.as_str())
+                    .bind(text(data, "proposal_id"))
+                    .bind(&author)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO proposals (workspace, agent, made) VALUES ($1, $2, 1)
+                         ON CONFLICT (workspace, agent) DO UPDATE SET made = proposals.made + 1",
+                    )
+                    .bind(event.workspace.as_str())
+                    .bind(&author)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "proposal.approved.v1" | "proposal.rejected.v1" => {
+                    let approved = event.ty.as_str() == "proposal.approved.v1";
+                    sqlx::query(
+                        "UPDATE proposals p SET
+                             approved = p.approved + $3, rejected = p.rejected + $4,
+                             last_rejection_reason = coalesce($5, p.last_rejection_reason)
+                         FROM proposal_authors a
+                         WHERE a.workspace = $1 AND a.proposal_id = $2
+                           AND p.workspace = a.workspace AND p.agent = a.agent",
+                    )
+                    .bind(event.workspace.as_str())
+                    .bind(text(data, "proposal_id"))
+                    .bind(i64::from(approved))
+                    .bind(i64::from(!approved))
+                    .bind(if approved {
+                        None
+                    } else {
+                        Some(text(data, "reason"))
+                    })
                     .execute(&mut *tx)
                     .await?;
                 }

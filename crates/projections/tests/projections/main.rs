@@ -195,3 +195,50 @@ async fn a_rebuild_swaps_in_and_equals_the_live_projection(pool: PgPool) {
     assert_eq!(emitted, 120);
     assert!(live.rebuild("nope").await.is_err());
 }
+
+/// Proposals made, approved and rejected per author, from the proposal events.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn agent_state_counts_proposals_per_author(pool: PgPool) {
+    let store = store(&pool);
+    let runner = runner(&store);
+    runner.ensure_schemas().await.unwrap();
+    let ws = Workspace::parse("alpha").unwrap();
+    let event = |ty: &str, id: &str, data: Value| {
+        NewEvent::new(
+            ws.clone(),
+            Source::parse("/tests").unwrap(),
+            EventType::parse(ty).unwrap(),
+            StreamId::parse(&format!("proposal/{id}")).unwrap(),
+            data,
+        )
+    };
+    let hash = "a".repeat(64);
+    for id in ["p1", "p2", "p3"] {
+        store
+            .append(vec![event(
+                "proposal.created.v1",
+                id,
+                json!({"proposal_id": id, "title": "t", "description": "d", "author": "spec", "content_hash": hash,
+                       "changes": [{"path": "README.md", "action": "delete"}]}),
+            )])
+            .await
+            .unwrap();
+    }
+    store
+        .append(vec![event("proposal.approved.v1", "p1", json!({"proposal_id": "p1", "approved_by": "ann", "channel": "api", "content_hash": hash}))])
+        .await
+        .unwrap();
+    store
+        .append(vec![event("proposal.rejected.v1", "p2", json!({"proposal_id": "p2", "rejected_by": "bob", "channel": "cli", "reason": "out of scope"}))])
+        .await
+        .unwrap();
+    run_until_caught_up(&runner, &pool, 5).await;
+    let row: (i64, i64, i64, Option<String>) = sqlx::query_as(
+        "SELECT made, approved, rejected, last_rejection_reason FROM proj_agent_state.proposals
+         WHERE workspace = 'alpha' AND agent = 'spec'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row, (3, 1, 1, Some("out of scope".into())));
+}
