@@ -170,7 +170,18 @@ impl Server {
 /// Starts `switchyard serve` on a free port; returns it with its address. Its output is
 /// drained in the background so that it never blocks on a full pipe.
 async fn spawn(url: &str, nats: &str, stream: &str, prefix: &str) -> (Child, String) {
+    spawn_with(url, nats, stream, prefix, &[]).await
+}
+
+async fn spawn_with(
+    url: &str,
+    nats: &str,
+    stream: &str,
+    prefix: &str,
+    extra_env: &[(&str, &str)],
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .envs(extra_env.iter().copied())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("DATABASE_URL", url)
         .env("NATS_URL", nats)
@@ -1059,4 +1070,93 @@ async fn rejected_findings_are_not_proposed_again_after_a_restart() {
     drop(db);
     server.stop().await;
     std::fs::remove_dir_all(&repo).unwrap();
+}
+
+/// With a GitHub token, an approved proposal of a GitHub workspace becomes a branch, a commit
+/// and a pull request (against a local stand-in for GitHub's API).
+#[tokio::test]
+async fn an_approved_proposal_becomes_a_pull_request_on_github() {
+    let github = switchyard_testkit::GitHubStandIn::start(&["README.md"]).await;
+    let mut server = Server::start().await;
+    // Restart it with the GitHub host configured.
+    server.child.kill().await.unwrap();
+    let (child, address) = spawn_with(
+        &server.url,
+        &server.nats,
+        &server.stream,
+        &server.prefix,
+        &[
+            ("SWITCHYARD_GITHUB__API_URL", github.url.as_str()),
+            ("SWITCHYARD_GITHUB__TOKEN", "test-token"),
+        ],
+    )
+    .await;
+    server.child = child;
+    server.address = address;
+
+    let json_type = ("Content-Type", "application/json");
+    let workspace = json!({"id": "hub", "name": "Hub", "repository": {"kind": "github", "owner": "acme", "repo": "widgets"}});
+    let (status, _) = server
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, json_type],
+            &workspace.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let draft = json!({"title": "Say hello", "description": "A friendlier README.",
+                       "changes": [{"path": "README.md", "action": "modify", "content": "# Hello\n"}]});
+    let (_, created) = server
+        .request(
+            "POST",
+            "/v1/workspaces/hub/proposals",
+            &[AUTH, json_type],
+            &draft.to_string(),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .request(
+            "POST",
+            &format!("/v1/workspaces/hub/proposals/{id}/approve"),
+            &[AUTH, json_type],
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let mut shown = Value::Null;
+    for _ in 0..200 {
+        shown = server
+            .request(
+                "GET",
+                &format!("/v1/workspaces/hub/proposals/{id}"),
+                &[AUTH],
+                "",
+            )
+            .await
+            .1;
+        if shown["status"] == "committed" || shown["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shown["status"], "committed", "{shown}");
+    let commit = &shown["history"][2]["data"];
+    assert_eq!(commit["repository"], "acme/widgets");
+    assert_eq!(
+        commit["pull_request_url"],
+        "https://github.example/acme/widgets/pull/1"
+    );
+    {
+        let repo = github.repo.lock().unwrap();
+        assert_eq!(
+            repo.refs.get(&format!("switchyard/{id}")),
+            commit["sha"].as_str().map(str::to_owned).as_ref()
+        );
+        assert_eq!((repo.commits.len(), repo.pulls.len()), (1, 1));
+        assert!(repo.commits.values().next().unwrap().contains(&id));
+    }
+    server.stop().await;
 }

@@ -1,4 +1,5 @@
-//! The git agent: commits approved proposals through a [`GitHost`], after checking that the
+//! The git agent: commits approved proposals through a [`GitHost`] (local git, or GitHub with a
+//! branch and a pull request), after checking that the
 //! proposal's content is still exactly what was approved. Emits `git.commit.v1` or
 //! `git.commit_failed.v1` (with a reason a person can act on) on the proposal's stream.
 
@@ -14,7 +15,8 @@ use switchyard_proposals::{Action, Change, content_hash, stream};
 /// The agent.
 pub struct GitAgent {
     manifest: Manifest,
-    host: Arc<dyn GitHost>,
+    local: Arc<dyn GitHost>,
+    github: Option<Arc<dyn GitHost>>,
 }
 
 impl std::fmt::Debug for GitAgent {
@@ -26,8 +28,9 @@ impl std::fmt::Debug for GitAgent {
 }
 
 impl GitAgent {
-    /// Commits through `host`.
-    pub fn new(host: Arc<dyn GitHost>) -> Self {
+    /// Commits to local repositories through `local`, and to GitHub repositories through
+    /// `github` when the server has a GitHub token.
+    pub fn new(local: Arc<dyn GitHost>, github: Option<Arc<dyn GitHost>>) -> Self {
         let types: Vec<EventType> = [
             "proposal.approved.v1",
             "git.commit.v1",
@@ -44,7 +47,8 @@ impl GitAgent {
                 subscribes: types.iter().take(1).cloned().collect(),
                 emits: types.iter().skip(1).cloned().collect(),
             },
-            host,
+            local,
+            github,
         }
     }
 }
@@ -134,20 +138,26 @@ impl Agent for GitAgent {
             .fetch_optional(ctx.connection())
             .await?;
             let repository = repository.unwrap_or(Value::Null);
-            let target = match repository["kind"].as_str() {
-                Some("local") => repository["path"].as_str().unwrap_or_default().to_owned(),
+            let (target, host) = match repository["kind"].as_str() {
+                Some("local") => (
+                    repository["path"].as_str().unwrap_or_default().to_owned(),
+                    &self.local,
+                ),
                 Some("github") => {
                     let name = format!(
                         "{}/{}",
                         repository["owner"].as_str().unwrap_or_default(),
                         repository["repo"].as_str().unwrap_or_default()
                     );
-                    let message = "committing to GitHub is not configured on this server yet (the GitHub host comes with the GitHub issue)".to_owned();
-                    return ctx.emit(
-                        "git.commit_failed.v1",
-                        &stream_id,
-                        failed(&id, Some(&name), "host_error", message, false),
-                    );
+                    let Some(github) = &self.github else {
+                        let message = "this server has no GitHub token (set SWITCHYARD_GITHUB__TOKEN), so it cannot commit to GitHub".to_owned();
+                        return ctx.emit(
+                            "git.commit_failed.v1",
+                            &stream_id,
+                            failed(&id, Some(&name), "host_error", message, false),
+                        );
+                    };
+                    (name, github)
                 }
                 _ => {
                     let message = format!("workspace {workspace} has no repository to commit to");
@@ -181,7 +191,7 @@ impl Agent for GitAgent {
                     })
                     .collect(),
             };
-            match self.host.commit(&target, &request).await {
+            match host.commit(&target, &request).await {
                 Ok(outcome) => {
                     let mut data = json!({
                         "proposal_id": id, "repository": target, "branch": outcome.branch,

@@ -14,11 +14,12 @@ pub use git::GitAgent;
 pub use retrospective::Retrospective;
 pub use spec::SpecAgent;
 
-/// Every built-in agent, as the server runs them.
-pub fn builtin() -> Vec<Arc<dyn Agent>> {
+/// Every built-in agent, as the server runs them; `github` is the GitHub host when the server
+/// has a token.
+pub fn builtin(github: Option<Arc<dyn switchyard_github::GitHost>>) -> Vec<Arc<dyn Agent>> {
     vec![
         Arc::new(Retrospective::new()),
         Arc::new(SpecAgent::new()),
-        Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit))),
+        Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit), github)),
     ]
 }

@@ -1,12 +1,16 @@
 //! Acting on repositories. Agents commit through the [`GitHost`] trait; [`LocalGit`] implements
-//! it on a repository on disk (with the `git` command), so everything runs without network. The
-//! GitHub implementation (octocrab: branch, commit, pull request) comes with the GitHub issue.
+//! it on a repository on disk (with the `git` command), so everything runs without network;
+//! [`GitHubHost`] on GitHub through octocrab (branch, commit, pull request).
 //!
 //! Invariant: a commit is idempotent by its key. A retry after a crash — or a redelivered
 //! approval — finds what the first attempt did (the branch `switchyard/<key>` whose commit names
 //! the key) and returns it instead of committing again.
 
+mod host;
+
 use std::path::{Component, Path, PathBuf};
+
+pub use host::GitHubHost;
 
 use futures::future::BoxFuture;
 use tokio::process::Command;

@@ -230,7 +230,14 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         .ensure_schemas()
         .await
         .context("creating projection tables")?;
-    let agents = switchyard_agents::builtin();
+    let github: Option<Arc<dyn switchyard_github::GitHost>> = match &settings.github.token {
+        Some(token) => Some(Arc::new(
+            switchyard_github::GitHubHost::new(&settings.github.api_url, token.clone())
+                .map_err(|e| anyhow::anyhow!("GitHub client: {e}"))?,
+        )),
+        None => None,
+    };
+    let agents = switchyard_agents::builtin(github);
     let runtime = AgentRuntime::new(
         store.clone(),
         nats.clone(),

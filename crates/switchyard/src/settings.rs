@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "relay",
     "runtime",
     "projections",
+    "github",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +48,17 @@ pub(crate) struct Settings {
     pub(crate) relay: RelayConfig,
     pub(crate) runtime: RuntimeConfig,
     pub(crate) projections: ProjectionSettings,
+    pub(crate) github: GitHubSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GitHubSettings {
+    /// The REST API (GitHub Enterprise has its own).
+    pub(crate) api_url: String,
+    /// A token that may push branches and open pull requests; from the environment only
+    /// (`SWITCHYARD_GITHUB__TOKEN`). Without it, GitHub workspaces cannot be committed to.
+    pub(crate) token: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers for tests: fail loudly
 
+mod github;
+
+pub use github::{GitHubStandIn, Repo};
+
 use std::{
     net::TcpListener,
     path::PathBuf,
