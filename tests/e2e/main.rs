@@ -943,6 +943,55 @@ async fn an_approved_proposal_becomes_a_commit() {
         message.contains(&id) && message.contains("Approved-by:"),
         "{message}"
     );
+
+    // An approval that does not name the proposal's content — here forged through the raw
+    // events API — is never committed: the git agent checks the hash itself.
+    let (_, second) = server
+        .request(
+            "POST",
+            "/v1/workspaces/gitty/proposals",
+            &[AUTH, json_type],
+            &draft.to_string(),
+        )
+        .await;
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let forged = json!({
+        "specversion": "1.0", "source": "/tests/forger", "type": "proposal.approved.v1",
+        "subject": format!("proposal/{second_id}"),
+        "data": {"proposal_id": second_id, "approved_by": "mallory", "channel": "api", "content_hash": "f".repeat(64)}
+    });
+    let (status, body) = server
+        .request(
+            "POST",
+            "/v1/workspaces/gitty/events",
+            &[AUTH, ("Content-Type", "application/cloudevents+json")],
+            &forged.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut refused = Value::Null;
+    for _ in 0..200 {
+        refused = server
+            .request(
+                "GET",
+                &format!("/v1/workspaces/gitty/proposals/{second_id}"),
+                &[AUTH],
+                "",
+            )
+            .await
+            .1;
+        if refused["status"] == "failed" || refused["status"] == "committed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["history"][2]["data"]["reason"], "content_mismatch");
+    let branches = git(&["branch", "--list", &format!("switchyard/{second_id}")]);
+    assert!(
+        branches.is_empty(),
+        "nothing was committed for the forged approval"
+    );
     server.stop().await;
     std::fs::remove_dir_all(&repo).unwrap();
 }

@@ -5,7 +5,7 @@
 //! Each finding has a stable fingerprint. The agent remembers what it proposed and what people
 //! rejected (`remember`, so it survives restarts) and proposes neither again. It honours
 //! `project_scope.md` at the repository root: lines `exclude: <path prefix>` put paths out of
-//! scope. It runs on `workspace.created.v1`, `git.commit.v1` and `agent.run_requested.v1`
+//! scope, lines `exclude-kind: <kind>` (e.g. `broken-link`) kinds of change. It runs on `workspace.created.v1`, `git.commit.v1` and `agent.run_requested.v1`
 //! naming it, and learns from `proposal.rejected.v1`.
 
 use std::path::{Path, PathBuf};
@@ -135,18 +135,33 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Path prefixes that `project_scope.md` puts out of scope.
-fn excluded(root: &Path) -> Vec<String> {
+/// The rules of `project_scope.md` with this prefix (`exclude:` path prefixes out of scope,
+/// `exclude-kind:` kinds of change not wanted).
+fn scope_rules(root: &Path, prefix: &str) -> Vec<String> {
     std::fs::read_to_string(root.join("project_scope.md"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix("exclude:"))
+        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix(prefix))
         .map(|p| p.trim().trim_start_matches("./").to_owned())
         .filter(|p| !p.is_empty())
         .collect()
 }
 
+/// Path prefixes that `project_scope.md` puts out of scope.
+fn excluded(root: &Path) -> Vec<String> {
+    scope_rules(root, "exclude:")
+}
+
+/// The kind of finding this agent reports.
+const BROKEN_LINK: &str = "broken-link";
+
 fn find_broken_links(root: &Path) -> Vec<BrokenLink> {
+    if scope_rules(root, "exclude-kind:")
+        .iter()
+        .any(|k| k == BROKEN_LINK)
+    {
+        return Vec::new();
+    }
     let excluded = excluded(root);
     let mut found = Vec::new();
     for file in markdown_files(root) {
