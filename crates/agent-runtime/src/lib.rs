@@ -325,7 +325,10 @@ impl AgentRuntime {
                     ack_policy: AckPolicy::Explicit,
                     deliver_policy: DeliverPolicy::All,
                     ack_wait: Duration::from_secs(self.config.ack_wait_secs),
-                    max_deliver: self.config.max_deliver,
+                    // Switchyard dead-letters at `max_deliver` itself; JetStream's own limit is a
+                    // safety net above it, so that an event whose dead-lettering failed (the
+                    // database was away) is still delivered again rather than stranded.
+                    max_deliver: self.config.max_deliver.saturating_add(10),
                     max_ack_pending: 1_000,
                     ..Default::default()
                 },
@@ -628,7 +631,28 @@ impl AgentRuntime {
         Ok(())
     }
 
+    /// Dead-letters an event; a race for the agent's stream version (two letters at once) is
+    /// retried, not lost.
     async fn dead_letter(
+        &self,
+        agent: &str,
+        event: &RecordedEvent,
+        delivered: i64,
+        failure: &HandlerError,
+    ) -> Result<()> {
+        let mut attempt = 0u64;
+        loop {
+            match self.try_dead_letter(agent, event, delivered, failure).await {
+                Err(Error::Store(switchyard_store::Error::ConcurrentWrite)) if attempt < 8 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(attempt * 5)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_dead_letter(
         &self,
         agent: &str,
         event: &RecordedEvent,
