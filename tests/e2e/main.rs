@@ -101,6 +101,28 @@ impl Server {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
+    /// Polls a proposal until the git agent decided it (`committed` or `failed`), up to 20 s;
+    /// returns it as last seen.
+    async fn wait_for_commit_outcome(&self, workspace: &str, id: &str) -> Value {
+        let mut shown = Value::Null;
+        for _ in 0..200 {
+            shown = self
+                .request(
+                    "GET",
+                    &format!("/v1/workspaces/{workspace}/proposals/{id}"),
+                    &[AUTH],
+                    "",
+                )
+                .await
+                .1;
+            if shown["status"] == "committed" || shown["status"] == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shown
+    }
+
     /// How many `agent.registered.v1` the built-in agents appended.
     async fn registrations(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'agent.registered.v1'")
@@ -887,22 +909,7 @@ async fn an_approved_proposal_becomes_a_commit() {
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let mut shown = Value::Null;
-    for _ in 0..200 {
-        shown = server
-            .request(
-                "GET",
-                &format!("/v1/workspaces/gitty/proposals/{id}"),
-                &[AUTH],
-                "",
-            )
-            .await
-            .1;
-        if shown["status"] == "committed" || shown["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shown = server.wait_for_commit_outcome("gitty", &id).await;
     assert_eq!(shown["status"], "committed", "{shown}");
     let history = shown["history"].as_array().unwrap();
     let types: Vec<&str> = history
@@ -969,22 +976,7 @@ async fn an_approved_proposal_becomes_a_commit() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let mut refused = Value::Null;
-    for _ in 0..200 {
-        refused = server
-            .request(
-                "GET",
-                &format!("/v1/workspaces/gitty/proposals/{second_id}"),
-                &[AUTH],
-                "",
-            )
-            .await
-            .1;
-        if refused["status"] == "failed" || refused["status"] == "committed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = server.wait_for_commit_outcome("gitty", &second_id).await;
     assert_eq!(refused["status"], "failed", "{refused}");
     assert_eq!(refused["history"][2]["data"]["reason"], "content_mismatch");
     let branches = git(&["branch", "--list", &format!("switchyard/{second_id}")]);
@@ -1175,22 +1167,7 @@ async fn an_approved_proposal_becomes_a_pull_request_on_github() {
         .await;
     assert_eq!(status, 200);
 
-    let mut shown = Value::Null;
-    for _ in 0..200 {
-        shown = server
-            .request(
-                "GET",
-                &format!("/v1/workspaces/hub/proposals/{id}"),
-                &[AUTH],
-                "",
-            )
-            .await
-            .1;
-        if shown["status"] == "committed" || shown["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shown = server.wait_for_commit_outcome("hub", &id).await;
     assert_eq!(shown["status"], "committed", "{shown}");
     let commit = &shown["history"][2]["data"];
     assert_eq!(commit["repository"], "acme/widgets");
