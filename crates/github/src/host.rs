@@ -86,6 +86,167 @@ impl GitHubHost {
     }
 }
 
+/// One delivery attempt of a webhook, as GitHub lists them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct HookDelivery {
+    /// The attempt's id (what a redelivery names).
+    pub id: u64,
+    /// The delivery's id (`X-GitHub-Delivery`), shared by its redeliveries.
+    pub guid: String,
+    /// When it was attempted (RFC 3339).
+    pub delivered_at: String,
+    /// Whether this attempt was a redelivery.
+    #[serde(default)]
+    pub redelivery: bool,
+    /// The HTTP status Switchyard answered (0 when it could not be reached).
+    #[serde(default)]
+    pub status_code: u16,
+    /// `X-GitHub-Event`.
+    #[serde(default)]
+    pub event: String,
+}
+
+/// The deliveries to ask GitHub for again: those Switchyard has no record of (`known`) and
+/// that no attempt delivered (no 2xx). One attempt per delivery, the latest.
+pub fn to_redeliver<'a>(
+    deliveries: &'a [HookDelivery],
+    known: &dyn Fn(&str) -> bool,
+) -> Vec<&'a HookDelivery> {
+    let mut latest: std::collections::BTreeMap<&str, &HookDelivery> = Default::default();
+    let mut delivered: std::collections::HashSet<&str> = Default::default();
+    for d in deliveries {
+        if (200..300).contains(&d.status_code) {
+            delivered.insert(&d.guid);
+        }
+        let entry = latest.entry(&d.guid).or_insert(d);
+        if d.id > entry.id {
+            *entry = d;
+        }
+    }
+    latest
+        .into_values()
+        .filter(|d| !delivered.contains(d.guid.as_str()) && !known(&d.guid))
+        .collect()
+}
+
+fn next_link(headers: &http::HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, rel) = part.split_once(';')?;
+        rel.contains("rel=\"next\"")
+            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+impl GitHubHost {
+    /// Posts `body` on issue or pull request `number` of `repository` (`owner/repo`) once per
+    /// `key`: the comment carries the key in a hidden marker, and a retry that finds it posts
+    /// nothing.
+    pub async fn comment(
+        &self,
+        repository: &str,
+        number: u64,
+        key: &str,
+        body: &str,
+    ) -> Result<(), GitError> {
+        let marker = format!("<!-- switchyard:{key} -->");
+        let route = format!("/repos/{repository}/issues/{number}/comments");
+        let existing = self
+            .get(&format!("{route}?per_page=100"))
+            .await?
+            .unwrap_or(Value::Null);
+        let posted = existing.as_array().is_some_and(|comments| {
+            comments
+                .iter()
+                .any(|c| c["body"].as_str().is_some_and(|b| b.contains(&marker)))
+        });
+        if !posted {
+            self.post(&route, &json!({"body": format!("{body}\n\n{marker}")}))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The ids of `repository`'s webhooks whose URL ends with `path`.
+    pub async fn hooks_to(&self, repository: &str, path: &str) -> Result<Vec<u64>, GitError> {
+        let hooks = self
+            .get(&format!("/repos/{repository}/hooks?per_page=100"))
+            .await?
+            .unwrap_or(Value::Null);
+        Ok(hooks
+            .as_array()
+            .map(|hooks| {
+                hooks
+                    .iter()
+                    .filter(|h| {
+                        h["config"]["url"]
+                            .as_str()
+                            .is_some_and(|u| u.trim_end_matches('/').ends_with(path))
+                    })
+                    .filter_map(|h| h["id"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The delivery attempts of a hook, newest first, back to `since` (RFC 3339) or at most
+    /// `max_pages` pages of 100.
+    pub async fn deliveries(
+        &self,
+        repository: &str,
+        hook: u64,
+        since: &str,
+        max_pages: usize,
+    ) -> Result<Vec<HookDelivery>, GitError> {
+        let mut url = format!("/repos/{repository}/hooks/{hook}/deliveries?per_page=100");
+        let mut all = Vec::new();
+        for _ in 0..max_pages {
+            let response = self.client._get(url.as_str()).await.map_err(host_error)?;
+            let status = response.status();
+            let next = next_link(response.headers());
+            let body = self
+                .client
+                .body_to_string(response)
+                .await
+                .map_err(host_error)?;
+            if !status.is_success() {
+                return Err(GitError::Host(format!(
+                    "GitHub answered {status} listing the deliveries of hook {hook}: {body}"
+                )));
+            }
+            let page: Vec<HookDelivery> = serde_json::from_str(&body).map_err(|e| {
+                GitError::Host(format!("unreadable list of deliveries of hook {hook}: {e}"))
+            })?;
+            // RFC 3339 timestamps in UTC compare as strings.
+            let older = page.iter().any(|d| d.delivered_at.as_str() < since);
+            all.extend(page.into_iter().filter(|d| d.delivered_at.as_str() >= since));
+            match next {
+                Some(link) if !older => url = link,
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    /// Asks GitHub to deliver attempt `attempt` of hook `hook` again.
+    pub async fn redeliver(&self, repository: &str, hook: u64, attempt: u64) -> Result<(), GitError> {
+        let route = format!("/repos/{repository}/hooks/{hook}/deliveries/{attempt}/attempts");
+        let response = self
+            .client
+            ._post(route.as_str(), None::<&()>)
+            .await
+            .map_err(host_error)?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(GitError::Host(format!(
+                "GitHub answered {status} to the redelivery of attempt {attempt} of hook {hook}"
+            )))
+        }
+    }
+}
+
 impl GitHost for GitHubHost {
     fn commit<'a>(
         &'a self,

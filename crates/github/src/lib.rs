@@ -6,11 +6,13 @@
 //! approval — finds what the first attempt did (the branch `switchyard/<key>` whose commit names
 //! the key) and returns it instead of committing again.
 
+pub mod commands;
 mod host;
+pub mod webhook;
 
 use std::path::{Component, Path, PathBuf};
 
-pub use host::GitHubHost;
+pub use host::{GitHubHost, HookDelivery, to_redeliver};
 
 use futures::future::BoxFuture;
 use tokio::process::Command;
