@@ -138,6 +138,29 @@ impl<'t> Context<'t> {
         Ok(())
     }
 
+    /// Emits an event built elsewhere (e.g. a decision from
+    /// `switchyard_proposals::decide`), keeping its id, stream, expected version and
+    /// correlation. As with [`emit`](Self::emit), the type must be declared, the workspace and
+    /// `source` are the handler's, and the handled event is the cause.
+    pub fn emit_event(&mut self, mut event: NewEvent) -> Result<(), HandlerError> {
+        if event.ty.as_str() != MEMORY_RECORDED && !self.manifest.emits.contains(&event.ty) {
+            return Err(HandlerError::new(format!(
+                "agent {} may not emit {}: its manifest does not declare it",
+                self.manifest.name, event.ty
+            )));
+        }
+        event.workspace = self.cause.workspace.clone();
+        event.source = Source::parse(&format!("/agents/{}", self.manifest.name))
+            .map_err(|e| HandlerError::new(e.to_string()))?;
+        event.correlation_id = event
+            .correlation_id
+            .or_else(|| Some(self.cause.correlation_id.clone()));
+        event.causation_id = Some(self.cause.id.to_string());
+        event.traceparent = self.cause.traceparent.clone();
+        self.emitted.push(event);
+        Ok(())
+    }
+
     /// One stream per remembered key, `agent/<name>/memory/<key>` (the key's SHA-256 when it
     /// is not a valid stream id), so that concurrent handlers remembering different keys never
     /// contend for a stream version, and recall reads one short stream.

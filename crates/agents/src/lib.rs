@@ -3,6 +3,7 @@
 //! beyond what its manifest declares.
 
 mod git;
+mod github;
 mod retrospective;
 mod spec;
 
@@ -11,15 +12,23 @@ use std::sync::Arc;
 use switchyard_agent_runtime::Agent;
 
 pub use git::GitAgent;
+pub use github::{CI_FIXER_ROLE, DeadLetterHandle, DeadLetters, GitHubAgent};
 pub use retrospective::Retrospective;
 pub use spec::SpecAgent;
 
-/// Every built-in agent, as the server runs them; `github` is the GitHub host when the server
-/// has a token.
-pub fn builtin(github: Option<Arc<dyn switchyard_github::GitHost>>) -> Vec<Arc<dyn Agent>> {
+/// Every built-in agent, as the server runs them; `github` is the GitHub client when the
+/// server has a token, `dead_letters` where the runtime's retry is plugged in once it runs.
+pub fn builtin(
+    github: Option<Arc<switchyard_github::GitHubHost>>,
+    dead_letters: DeadLetterHandle,
+) -> Vec<Arc<dyn Agent>> {
+    let host = github
+        .clone()
+        .map(|g| g as Arc<dyn switchyard_github::GitHost>);
     vec![
         Arc::new(Retrospective::new()),
         Arc::new(SpecAgent::new()),
-        Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit), github)),
+        Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit), host)),
+        Arc::new(GitHubAgent::new(github, dead_letters)),
     ]
 }

@@ -172,7 +172,9 @@ mod tests {
         ];
         for (line, problem) in cases {
             match &parse(line)[..] {
-                [Command::Invalid { problem: p, .. }] => assert!(p.contains(problem), "{line}: {p}"),
+                [Command::Invalid { problem: p, .. }] => {
+                    assert!(p.contains(problem), "{line}: {p}")
+                }
                 other => panic!("{line}: {other:?}"),
             }
         }

@@ -133,8 +133,12 @@ fn next_link(headers: &http::HeaderMap) -> Option<String> {
     let link = headers.get("link")?.to_str().ok()?;
     link.split(',').find_map(|part| {
         let (url, rel) = part.split_once(';')?;
-        rel.contains("rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+        rel.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
     })
 }
 
@@ -219,7 +223,10 @@ impl GitHubHost {
             })?;
             // RFC 3339 timestamps in UTC compare as strings.
             let older = page.iter().any(|d| d.delivered_at.as_str() < since);
-            all.extend(page.into_iter().filter(|d| d.delivered_at.as_str() >= since));
+            all.extend(
+                page.into_iter()
+                    .filter(|d| d.delivered_at.as_str() >= since),
+            );
             match next {
                 Some(link) if !older => url = link,
                 _ => break,
@@ -229,7 +236,12 @@ impl GitHubHost {
     }
 
     /// Asks GitHub to deliver attempt `attempt` of hook `hook` again.
-    pub async fn redeliver(&self, repository: &str, hook: u64, attempt: u64) -> Result<(), GitError> {
+    pub async fn redeliver(
+        &self,
+        repository: &str,
+        hook: u64,
+        attempt: u64,
+    ) -> Result<(), GitError> {
         let route = format!("/repos/{repository}/hooks/{hook}/deliveries/{attempt}/attempts");
         let response = self
             .client

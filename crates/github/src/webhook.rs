@@ -37,8 +37,7 @@ pub fn verify_signature(
         return Err(SignatureError::Malformed);
     }
     let expected = hex::decode(hex).map_err(|_| SignatureError::Malformed)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
     mac.update(body);
     // `verify_slice` compares in constant time.
     mac.verify_slice(&expected)
@@ -242,7 +241,10 @@ pub fn map(event: &str, delivery: &str, payload: &Value) -> Mapped {
                     ("body", opt(text(&pr["body"]))),
                     ("author", opt(text(&pr["user"]["login"]))),
                     ("state", opt(text(&pr["state"]))),
-                    ("draft", pr["draft"].as_bool().map_or(Value::Null, Value::Bool)),
+                    (
+                        "draft",
+                        pr["draft"].as_bool().map_or(Value::Null, Value::Bool),
+                    ),
                     ("merged", json!(pr["merged"].as_bool().unwrap_or(false))),
                     ("merge_commit_sha", opt(text(&pr["merge_commit_sha"]))),
                     ("head_sha", opt(text(&pr["head"]["sha"]))),
@@ -403,8 +405,14 @@ pub fn map(event: &str, delivery: &str, payload: &Value) -> Mapped {
                     ),
                     ("before", opt(text(&payload["before"]))),
                     ("head_sha", opt(text(&payload["after"]))),
-                    ("forced", json!(payload["forced"].as_bool().unwrap_or(false))),
-                    ("deleted", json!(payload["deleted"].as_bool().unwrap_or(false))),
+                    (
+                        "forced",
+                        json!(payload["forced"].as_bool().unwrap_or(false)),
+                    ),
+                    (
+                        "deleted",
+                        json!(payload["deleted"].as_bool().unwrap_or(false)),
+                    ),
                     ("commits", json!(commits)),
                     ("url", opt(text(&payload["compare"]))),
                 ],
@@ -433,10 +441,7 @@ mod tests {
             verify_signature(secret, b"Hello, World!", Some(header)),
             Ok(())
         );
-        assert_eq!(
-            sign(secret, b"Hello, World!").as_bytes(),
-            header.as_slice()
-        );
+        assert_eq!(sign(secret, b"Hello, World!").as_bytes(), header.as_slice());
         assert_eq!(
             verify_signature(secret, b"Hello, World! ", Some(header)),
             Err(SignatureError::Mismatch)
@@ -480,7 +485,8 @@ mod tests {
 
     #[test]
     fn unknown_events_and_actions_are_ignored_with_a_reason() {
-        let payload = json!({"action": "deleted", "repository": {"name": "w", "owner": {"login": "acme"}}});
+        let payload =
+            json!({"action": "deleted", "repository": {"name": "w", "owner": {"login": "acme"}}});
         match map("label", "d1", &payload) {
             Mapped::Ignored { repository, reason } => {
                 assert_eq!(repository.unwrap().to_string(), "acme/w");

@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 mod events;
+mod github;
 mod ops;
 mod proposals;
 mod workspaces;
@@ -24,7 +25,7 @@ use axum::{
     http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -36,6 +37,7 @@ pub use auth::{
     BootstrapError, MIN_TOKEN_LEN, Principal, Scope, bootstrap_admin_token, token_hash,
 };
 pub use error::ApiError;
+pub use github::{CatchUpReport, MAX_WEBHOOK_BODY, WEBHOOK_PATH, catch_up};
 pub use ops::{Ops, OpsError};
 
 /// Limits and defaults of the HTTP API.
@@ -76,6 +78,31 @@ pub struct AppState {
     known_workspaces: Arc<RwLock<HashSet<Workspace>>>,
     /// The running machinery, for the ops routes.
     ops: Option<Arc<dyn Ops>>,
+    /// The GitHub webhook secret; webhooks are refused without one.
+    webhook_secret: Option<Arc<WebhookSecret>>,
+    /// The GitHub client, for the delivery catch-up.
+    github: Option<Arc<switchyard_github::GitHubHost>>,
+}
+
+/// A webhook secret, kept out of logs and `Debug`.
+pub struct WebhookSecret(secrecy::SecretString);
+
+impl WebhookSecret {
+    /// Wraps a secret.
+    pub fn new(secret: secrecy::SecretString) -> Self {
+        Self(secret)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        use secrecy::ExposeSecret as _;
+        self.0.expose_secret().as_bytes()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
 }
 
 impl std::fmt::Debug for dyn Ops {
@@ -93,7 +120,23 @@ impl AppState {
             config: Arc::new(config),
             known_workspaces: Arc::default(),
             ops: None,
+            webhook_secret: None,
+            github: None,
         }
+    }
+
+    /// Turns on `POST /v1/github/webhook`, checking signatures with `secret`.
+    #[must_use]
+    pub fn with_webhook_secret(mut self, secret: WebhookSecret) -> Self {
+        self.webhook_secret = Some(Arc::new(secret));
+        self
+    }
+
+    /// Plugs in the GitHub client (for `POST /v1/github/catch-up`).
+    #[must_use]
+    pub fn with_github(mut self, github: Arc<switchyard_github::GitHubHost>) -> Self {
+        self.github = Some(github);
+        self
     }
 
     /// Plugs in the ops routes.
@@ -152,6 +195,10 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/workspaces", post(workspaces::create))
         .route("/v1/workspaces/{ws}", get(workspaces::get))
+        .route(
+            "/v1/workspaces/{ws}/settings",
+            put(workspaces::put_settings),
+        )
         .route("/v1/schemas", get(list_schemas))
         .route("/v1/schemas/{ty}", get(get_schema))
         .route(
@@ -168,6 +215,7 @@ pub fn router(state: AppState) -> Router {
             post(proposals::reject),
         )
         .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
+        .route("/v1/github/catch-up", post(github::catch_up_route))
         .route("/v1/ops/status", get(ops::status))
         .route("/v1/ops/dead-letters", get(ops::dead_letters))
         .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
@@ -177,13 +225,38 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
+    // Authenticated by its signature, not a token; the body is read up to GitHub's limit, and
+    // a larger declared length is refused before any of it is read.
+    let webhook = Router::new()
+        .route(github::WEBHOOK_PATH, post(github::webhook))
+        .layer(DefaultBodyLimit::max(github::MAX_WEBHOOK_BODY))
+        .route_layer(middleware::from_fn(refuse_large_webhooks));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(webhook)
         .route("/readyz", get(readyz))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+async fn refuse_large_webhooks(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if github::declared_too_large(request.headers(), github::MAX_WEBHOOK_BODY) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body is larger than {} bytes, GitHub's limit",
+                github::MAX_WEBHOOK_BODY
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// `GET /healthz`: the process is up.

@@ -132,7 +132,9 @@ pub(crate) async fn list(
     let status = match query.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::bad_request("status must be pending, approved, rejected, committed or failed")
+            ApiError::bad_request(
+                "status must be pending, approved, rejected, committed, failed, merged or closed",
+            )
         })?),
     };
     let limit = query

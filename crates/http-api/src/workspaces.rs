@@ -96,5 +96,56 @@ pub(crate) async fn get(
         .workspace(&workspace)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("workspace {workspace} does not exist")))?;
-    Ok(Json(view(&created)).into_response())
+    let mut view = view(&created);
+    view["settings"] = settings(&state, &workspace)
+        .await?
+        .unwrap_or_else(|| json!({"github_approvers": []}));
+    Ok(Json(view).into_response())
+}
+
+const CONFIGURED: &str = "workspace.configured.v1";
+
+/// The latest settings of a workspace (`workspace.configured.v1`), if any were set.
+pub(crate) async fn settings(
+    state: &AppState,
+    workspace: &Workspace,
+) -> Result<Option<Value>, ApiError> {
+    sqlx::query_scalar(
+        "SELECT data FROM events
+         WHERE workspace = $1 AND stream_id = $2 AND type = $3
+         ORDER BY stream_version DESC LIMIT 1",
+    )
+    .bind(workspace.as_str())
+    .bind(WORKSPACE_STREAM)
+    .bind(CONFIGURED)
+    .fetch_optional(state.store.pool())
+    .await
+    .map_err(|e| ApiError::internal(&e))
+}
+
+/// `PUT /v1/workspaces/{ws}/settings` (admin) — the body is the data of
+/// `workspace.configured.v1`: every setting, replacing the previous ones.
+pub(crate) async fn put_settings(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(workspace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let workspace = state
+        .existing_workspace(&principal, &workspace, Scope::Admin)
+        .await?;
+    let data = parse_json(&body?)?;
+    let event = NewEvent::new(
+        workspace.clone(),
+        Source::parse("/api").map_err(ApiError::from)?,
+        EventType::parse(CONFIGURED).map_err(ApiError::from)?,
+        StreamId::parse(WORKSPACE_STREAM).map_err(ApiError::from)?,
+        data.clone(),
+    );
+    state.store.append(vec![event]).await.map_err(|e| {
+        let mut error = ApiError::from_store(e, false);
+        error.strip_pointer_prefix("/data");
+        error
+    })?;
+    Ok(Json(json!({"workspace": workspace, "settings": data})).into_response())
 }

@@ -122,17 +122,37 @@ impl ProjectionRunner {
     /// Creates each projection's schema and tables if they do not exist yet.
     pub async fn ensure_schemas(&self) -> Result<()> {
         for projection in &self.projections {
+            let name = projection.name();
+            let hash = schema_hash(projection.schema());
             let mut conn = self.store.pool().acquire().await?;
             let mut tx = conn.begin().await?;
-            lock(&mut tx, projection.name()).await?;
-            create_schema(
-                &mut tx,
-                &schema_name(projection.name()),
-                projection.schema(),
-                false,
-            )
-            .await?;
+            lock(&mut tx, name).await?;
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT schema_hash FROM projection_schemas WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let existed = schema_exists(&mut tx, &schema_name(name)).await?;
+            create_schema(&mut tx, &schema_name(name), projection.schema(), false).await?;
             tx.commit().await?;
+            drop(conn);
+            if existed && stored.as_deref() != Some(hash.as_str()) {
+                // Its tables changed since they were built: build them again from the store.
+                let applied = self.rebuild(name).await?;
+                tracing::info!(
+                    projection = name,
+                    applied,
+                    "the projection's tables changed; rebuilt from the store"
+                );
+            }
+            sqlx::query(
+                "INSERT INTO projection_schemas (name, schema_hash) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET schema_hash = $2, updated_at = now()",
+            )
+            .bind(name)
+            .bind(&hash)
+            .execute(self.store.pool())
+            .await?;
         }
         Ok(())
     }
@@ -316,6 +336,25 @@ async fn lock(tx: &mut PgConnection, name: &str) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// SHA-256 (hex) of a projection's table definitions: when it changes, the projection is
+/// rebuilt at start.
+fn schema_hash(tables: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(tables.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn schema_exists(tx: &mut PgConnection, schema: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut *tx)
+            .await?,
+    )
 }
 
 async fn create_schema(

@@ -100,6 +100,10 @@ pub enum Status {
     Committed,
     /// The commit failed (`git.commit_failed.v1`).
     Failed,
+    /// Its pull request was merged (`proposal.merged.v1`).
+    Merged,
+    /// Its pull request was closed without merging (`proposal.closed.v1`).
+    Closed,
 }
 
 impl Status {
@@ -111,6 +115,21 @@ impl Status {
             Self::Rejected => "rejected",
             Self::Committed => "committed",
             Self::Failed => "failed",
+            Self::Merged => "merged",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// Where a proposal stands after an event of type `ty` on its stream.
+    pub fn after(self, ty: &str) -> Self {
+        match ty {
+            "proposal.approved.v1" => Self::Approved,
+            "proposal.rejected.v1" => Self::Rejected,
+            "git.commit.v1" => Self::Committed,
+            "git.commit_failed.v1" => Self::Failed,
+            "proposal.merged.v1" => Self::Merged,
+            "proposal.closed.v1" => Self::Closed,
+            _ => self,
         }
     }
 
@@ -122,6 +141,8 @@ impl Status {
             "rejected" => Self::Rejected,
             "committed" => Self::Committed,
             "failed" => Self::Failed,
+            "merged" => Self::Merged,
+            "closed" => Self::Closed,
             _ => return None,
         })
     }
@@ -179,13 +200,7 @@ pub fn fold(events: &[RecordedEvent]) -> Option<Proposal> {
     };
     for event in events {
         proposal.version = proposal.version.max(event.stream_version);
-        proposal.status = match event.ty.as_str() {
-            "proposal.approved.v1" => Status::Approved,
-            "proposal.rejected.v1" => Status::Rejected,
-            "git.commit.v1" => Status::Committed,
-            "git.commit_failed.v1" => Status::Failed,
-            _ => proposal.status,
-        };
+        proposal.status = proposal.status.after(event.ty.as_str());
         proposal
             .history
             .push(serde_json::to_value(event.to_cloudevent()).unwrap_or(Value::Null));

@@ -25,6 +25,7 @@ CREATE TABLE proposals (
     decided_at    timestamptz,
     reason        text,
     commit_sha    text,
+    pull_request_url text,
     updated_at    timestamptz NOT NULL,
     PRIMARY KEY (workspace, id)
 );
@@ -99,7 +100,7 @@ impl Projection for ProposalsProjection {
                     let committed = event.ty.as_str() == "git.commit.v1";
                     sqlx::query(
                         "UPDATE proposals SET status = $3, commit_sha = $4, reason = coalesce($5, reason),
-                                updated_at = $6
+                                pull_request_url = $7, updated_at = $6
                          WHERE workspace = $1 AND id = $2",
                     )
                     .bind(ws)
@@ -107,6 +108,22 @@ impl Projection for ProposalsProjection {
                     .bind(if committed { "committed" } else { "failed" })
                     .bind(text(data, "sha"))
                     .bind(text(data, "message").filter(|_| !committed))
+                    .bind(event.time)
+                    .bind(text(data, "pull_request_url"))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "proposal.merged.v1" | "proposal.closed.v1" => {
+                    let merged = event.ty.as_str() == "proposal.merged.v1";
+                    sqlx::query(
+                        "UPDATE proposals SET status = $3, pull_request_url = coalesce($4, pull_request_url),
+                                updated_at = $5
+                         WHERE workspace = $1 AND id = $2",
+                    )
+                    .bind(ws)
+                    .bind(&id)
+                    .bind(if merged { "merged" } else { "closed" })
+                    .bind(text(data, "url"))
                     .bind(event.time)
                     .execute(&mut *tx)
                     .await?;

@@ -12,7 +12,7 @@ use secrecy::ExposeSecret as _;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use switchyard_agent_runtime::AgentRuntime;
 use switchyard_events::Catalog;
-use switchyard_http_api::{AppState, bootstrap_admin_token, router};
+use switchyard_http_api::{AppState, WebhookSecret, bootstrap_admin_token, router};
 use switchyard_projections::ProjectionRunner;
 use switchyard_relay::Relay;
 use switchyard_store::{EventStore, MIGRATOR};
@@ -230,14 +230,15 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         .ensure_schemas()
         .await
         .context("creating projection tables")?;
-    let github: Option<Arc<dyn switchyard_github::GitHost>> = match &settings.github.token {
+    let github: Option<Arc<switchyard_github::GitHubHost>> = match &settings.github.token {
         Some(token) => Some(Arc::new(
             switchyard_github::GitHubHost::new(&settings.github.api_url, token.clone())
                 .map_err(|e| anyhow::anyhow!("GitHub client: {e}"))?,
         )),
         None => None,
     };
-    let agents = switchyard_agents::builtin(github);
+    let dead_letters = switchyard_agents::DeadLetterHandle::default();
+    let agents = switchyard_agents::builtin(github.clone(), dead_letters.clone());
     let runtime = AgentRuntime::new(
         store.clone(),
         nats.clone(),
@@ -247,6 +248,7 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         agents,
     );
     runtime.register().await.context("registering agents")?;
+    dead_letters.set(Arc::new(ops::RuntimeDeadLetters(runtime.clone())));
     let tasks = vec![
         tokio::spawn(relay.clone().run(shutdown.clone())),
         tokio::spawn(projections.clone().run(shutdown.clone())),
@@ -258,7 +260,17 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         projections,
         runtime,
     });
-    let app = router(AppState::new(store, Some(nats), settings.api.clone()).with_ops(ops));
+    let mut state = AppState::new(store.clone(), Some(nats), settings.api.clone()).with_ops(ops);
+    match &settings.github.webhook_secret {
+        Some(secret) => state = state.with_webhook_secret(WebhookSecret::new(secret.clone())),
+        None => tracing::info!(
+            "SWITCHYARD_GITHUB_WEBHOOK_SECRET is not set: POST /v1/github/webhook is off"
+        ),
+    }
+    if let Some(github) = &github {
+        state = state.with_github(Arc::clone(github));
+    }
+    let app = router(state);
 
     let address = listen.unwrap_or(settings.listen);
     let listener = TcpListener::bind(address)
@@ -268,6 +280,20 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
     // Scripts and tests read this line to find the port.
     println!("switchyard listening on http://{bound}");
     tracing::info!(%bound, "serving");
+    // Deliveries GitHub could not make while this server was down: ask for them again, once
+    // the route is up to receive them.
+    if let Some(github) = github.clone()
+        && settings.github.catch_up_hours > 0
+    {
+        let pool = store.pool().clone();
+        let hours = settings.github.catch_up_hours;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = switchyard_http_api::catch_up(&pool, &github, hours).await {
+                tracing::warn!(error = %e, "GitHub delivery catch-up failed");
+            }
+        });
+    }
     let signal = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -64,3 +64,38 @@ impl Ops for ServerOps {
         })
     }
 }
+
+/// The runtime's dead-letter retry, for `/switchyard retry` comments.
+#[derive(Debug)]
+pub(crate) struct RuntimeDeadLetters(pub(crate) AgentRuntime);
+
+impl switchyard_agents::DeadLetters for RuntimeDeadLetters {
+    fn retry<'a>(
+        &'a self,
+        workspace: &'a str,
+        id: uuid::Uuid,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            // Another workspace's dead letter answers exactly like a missing one.
+            let letters = self.0.dead_letters(true).await.map_err(|e| e.to_string())?;
+            if !letters
+                .iter()
+                .any(|l| l.id == id && l.workspace == workspace)
+            {
+                return Err(format!(
+                    "There is no unresolved dead letter {id} in workspace {workspace}."
+                ));
+            }
+            self.0
+                .retry_dead_letter(id)
+                .await
+                .map(|letter| {
+                    format!(
+                        "Retried: agent {} handled event {} ({}).",
+                        letter.agent, letter.event_id, letter.event_type
+                    )
+                })
+                .map_err(|e| e.to_string())
+        })
+    }
+}

@@ -59,6 +59,11 @@ pub(crate) struct GitHubSettings {
     /// A token that may push branches and open pull requests; from the environment only
     /// (`SWITCHYARD_GITHUB__TOKEN`). Without it, GitHub workspaces cannot be committed to.
     pub(crate) token: Option<SecretString>,
+    /// The secret GitHub signs webhook deliveries with; from the environment only
+    /// (`SWITCHYARD_GITHUB_WEBHOOK_SECRET`). Without it, `POST /v1/github/webhook` is off.
+    pub(crate) webhook_secret: Option<SecretString>,
+    /// At start, redeliver the failed deliveries of the last this many hours (0: never).
+    pub(crate) catch_up_hours: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,12 +113,18 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
+            .merge(
+                Env::raw()
+                    .only(&["SWITCHYARD_GITHUB_WEBHOOK_SECRET"])
+                    .map(|_| "github.webhook_secret".into()),
+            )
             .merge(Env::prefixed("SWITCHYARD_").split("__").filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                KEYS.iter().any(|k| {
-                    key.strip_prefix(k)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '_']))
-                })
+                key != "github_webhook_secret"
+                    && KEYS.iter().any(|k| {
+                        key.strip_prefix(k)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '_']))
+                    })
             }))
             .merge(
                 Env::raw()
@@ -146,6 +157,10 @@ mod tests {
             assert_eq!(settings.listen.port(), 9999);
             assert_eq!(settings.store.writers, 4);
             assert_eq!(settings.nats.url, "nats://127.0.0.1:14222");
+
+            jail.set_env("SWITCHYARD_GITHUB_WEBHOOK_SECRET", "s3cret");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(settings.github.webhook_secret.is_some());
 
             jail.set_env("SWITCHYARD_STORE__WRTIERS", "4");
             let err = Settings::load(None)

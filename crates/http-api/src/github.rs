@@ -1,0 +1,428 @@
+//! `POST /v1/github/webhook`: GitHub deliveries in, `github.*.v1` events out.
+//!
+//! Order matters: the signature is checked on the raw bytes before anything is parsed; the
+//! delivery id is recorded in the same transaction as the events it produced, and the answer
+//! is sent after that commit. So a delivery that failed before commit leaves no trace and is
+//! processed when GitHub redelivers it, and one that succeeded is acknowledged again and
+//! appends nothing, however many copies arrive at once.
+//!
+//! Also the catch-up: ask GitHub for the recent deliveries of the hooks that point here and
+//! redeliver those that never reached us.
+
+use std::collections::HashSet;
+
+use axum::{
+    Extension, Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use switchyard_events::{EventId, EventType, NewEvent, Source, StreamId, Workspace};
+use switchyard_github::{
+    GitHubHost,
+    webhook::{Mapped, RepoName, SignatureError, map, verify_signature},
+};
+use switchyard_store::Error as StoreError;
+
+use crate::{ApiError, AppState, Principal, Scope};
+
+/// The route's path; also how the catch-up recognises our hooks on GitHub.
+pub const WEBHOOK_PATH: &str = "/v1/github/webhook";
+
+/// GitHub caps payloads at 25 MB.
+pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
+
+/// Attempts of the recording transaction when it races another writer of the same stream.
+const ATTEMPTS: usize = 5;
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `X-GitHub-Event` / `X-GitHub-Delivery`: bounded, and of the characters GitHub uses.
+fn checked_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    max: usize,
+    allowed: fn(u8) -> bool,
+) -> Result<&'h str, ApiError> {
+    let value = header_str(headers, name)
+        .ok_or_else(|| ApiError::bad_request(format!("{name} is missing")))?;
+    if value.is_empty() || value.len() > max || !value.bytes().all(allowed) {
+        return Err(ApiError::bad_request(format!(
+            "{name} is not a GitHub {}",
+            if name.ends_with("Event") {
+                "event name"
+            } else {
+                "delivery id"
+            }
+        )));
+    }
+    Ok(value)
+}
+
+/// What the delivery's row says.
+#[derive(Debug, Serialize)]
+struct Recorded {
+    delivery: String,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    workspaces: Vec<String>,
+    sequences: Vec<i64>,
+}
+
+/// `POST /v1/github/webhook`
+pub(crate) async fn webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(secret) = state.webhook_secret.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "webhooks_disabled",
+            "GitHub webhooks are off: set SWITCHYARD_GITHUB_WEBHOOK_SECRET",
+        ));
+    };
+    let body = body?;
+    let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
+    if let Err(e) = verify_signature(secret.as_bytes(), &body, signature) {
+        let code = match e {
+            SignatureError::Missing => "signature_missing",
+            SignatureError::Malformed => "signature_malformed",
+            SignatureError::Mismatch => "signature_mismatch",
+        };
+        tracing::warn!(%e, "webhook refused");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string()));
+    }
+    // Authentic from here on; still bounded, still parsed defensively.
+    let event = checked_header(&headers, "X-GitHub-Event", 64, |b| {
+        b.is_ascii_lowercase() || b == b'_'
+    })?;
+    let delivery = checked_header(&headers, "X-GitHub-Delivery", 100, |b| {
+        b.is_ascii_alphanumeric() || b == b'-'
+    })?;
+    let payload: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the payload is not valid JSON: {e}"),
+        )
+    })?;
+    let mapped = map(event, delivery, &payload);
+    drop(payload);
+
+    let mut attempt = 0;
+    let recorded = loop {
+        attempt += 1;
+        match record(&state, event, delivery, &mapped).await {
+            Err(StoreError::ConcurrentWrite) if attempt < ATTEMPTS => continue,
+            Err(e) => {
+                tracing::error!(delivery, error = %e, "webhook delivery not recorded; GitHub will show it failed");
+                return Err(ApiError::from_store(e, false));
+            }
+            Ok(recorded) => break recorded,
+        }
+    };
+    let (status, body) = match recorded {
+        Record::Duplicate(original) => {
+            tracing::info!(
+                delivery,
+                outcome = original.outcome,
+                "redelivery acknowledged"
+            );
+            (
+                StatusCode::OK,
+                json!({"duplicate": true, "delivery": original}),
+            )
+        }
+        Record::New(recorded) => {
+            tracing::info!(delivery, event, outcome = recorded.outcome, reason = ?recorded.reason, "webhook delivery recorded");
+            let status = if recorded.outcome == "ping" {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (status, json!({"duplicate": false, "delivery": recorded}))
+        }
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+enum Record {
+    New(Recorded),
+    Duplicate(Recorded),
+}
+
+/// The workspaces bound to a GitHub repository.
+async fn workspaces_of(
+    conn: &mut PgConnection,
+    repository: &RepoName,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT workspace FROM events
+         WHERE type = 'workspace.created.v1' AND data #>> '{repository,kind}' = 'github'
+           AND lower(data #>> '{repository,owner}') = lower($1)
+           AND lower(data #>> '{repository,repo}') = lower($2)
+         ORDER BY workspace",
+    )
+    .bind(&repository.owner)
+    .bind(&repository.repo)
+    .fetch_all(conn)
+    .await
+}
+
+/// One transaction: claim the delivery id, append its events, commit.
+async fn record(
+    state: &AppState,
+    event: &str,
+    delivery: &str,
+    mapped: &Mapped,
+) -> Result<Record, StoreError> {
+    let mut tx = state.store.pool().begin().await?;
+    let repository = match mapped {
+        Mapped::Event { repository, .. } => Some(repository.to_string()),
+        Mapped::Ignored { repository, .. } => repository.as_ref().map(ToString::to_string),
+        Mapped::Ping => None,
+    };
+    let action = match mapped {
+        Mapped::Event { data, .. } => data["action"].as_str().map(str::to_owned),
+        _ => None,
+    };
+    // A second copy waits here on the first one's row until it commits or rolls back.
+    let (inserted, outcome, reason, workspaces, positions): (
+        bool,
+        String,
+        Option<String>,
+        Vec<String>,
+        Vec<i64>,
+    ) = sqlx::query_as(
+        "INSERT INTO github_deliveries (delivery_id, event, action, repository, outcome)
+         VALUES ($1, $2, $3, $4, 'ignored')
+         ON CONFLICT (delivery_id) DO UPDATE
+            SET redeliveries = github_deliveries.redeliveries + 1, last_seen_at = now()
+         RETURNING (xmax = 0), outcome, reason, workspaces, positions",
+    )
+    .bind(delivery)
+    .bind(event)
+    .bind(&action)
+    .bind(&repository)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !inserted {
+        tx.commit().await?;
+        return Ok(Record::Duplicate(Recorded {
+            delivery: delivery.to_owned(),
+            outcome: match outcome.as_str() {
+                "processed" => "processed",
+                "ping" => "ping",
+                _ => "ignored",
+            },
+            reason,
+            workspaces,
+            sequences: positions,
+        }));
+    }
+    let _ = (outcome, reason, workspaces, positions);
+
+    let mut recorded = Recorded {
+        delivery: delivery.to_owned(),
+        outcome: "ignored",
+        reason: None,
+        workspaces: Vec::new(),
+        sequences: Vec::new(),
+    };
+    match mapped {
+        Mapped::Ping => recorded.outcome = "ping",
+        Mapped::Ignored { reason, .. } => recorded.reason = Some(reason.clone()),
+        Mapped::Event {
+            repository,
+            ty,
+            stream,
+            data,
+        } => {
+            let workspaces = workspaces_of(&mut tx, repository).await?;
+            if workspaces.is_empty() {
+                recorded.reason = Some(format!("no workspace is bound to {repository}"));
+            } else {
+                let events = workspaces
+                    .iter()
+                    .map(|ws| build(ws, repository, ty, stream, delivery, data))
+                    .collect::<Result<Vec<_>, _>>();
+                let appended = match events {
+                    Ok(events) => state.store.append_in(&mut tx, events).await,
+                    Err(e) => Err(StoreError::Corrupt {
+                        position: 0,
+                        source: e,
+                    }),
+                };
+                match appended {
+                    Ok(appended) => {
+                        recorded.outcome = "processed";
+                        recorded.sequences = appended.iter().map(|a| a.position).collect();
+                        recorded.workspaces = workspaces;
+                    }
+                    // The payload does not fit the schema (GitHub changed, or a field is
+                    // missing): recorded as ignored with the reason, never retried forever.
+                    Err(StoreError::Invalid { source, .. }) => {
+                        recorded.reason = Some(format!("the payload does not fit {ty}: {source}"));
+                    }
+                    Err(StoreError::Corrupt { source, .. }) => {
+                        recorded.reason = Some(format!("the delivery cannot be named: {source}"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE github_deliveries SET outcome = $2, reason = $3, workspaces = $4, positions = $5
+         WHERE delivery_id = $1",
+    )
+    .bind(delivery)
+    .bind(recorded.outcome)
+    .bind(&recorded.reason)
+    .bind(&recorded.workspaces)
+    .bind(&recorded.sequences)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Record::New(recorded))
+}
+
+/// The event of a delivery in one workspace: its id is the delivery id, so the delivery is
+/// the root of the causation chain, and a second copy would be a duplicate in the store too.
+fn build(
+    workspace: &str,
+    repository: &RepoName,
+    ty: &str,
+    stream: &str,
+    delivery: &str,
+    data: &Value,
+) -> Result<NewEvent, switchyard_events::InvalidId> {
+    let mut event = NewEvent::new(
+        Workspace::parse(workspace)?,
+        Source::parse(&format!("/github/{repository}"))?,
+        EventType::parse(ty)?,
+        StreamId::parse(stream)?,
+        data.clone(),
+    );
+    event.id = EventId::parse(delivery)?;
+    Ok(event)
+}
+
+/// What a catch-up did.
+#[derive(Debug, Default, Serialize)]
+pub struct CatchUpReport {
+    /// Repositories of GitHub workspaces looked at.
+    pub repositories: usize,
+    /// Hooks that point at this server's webhook route.
+    pub hooks: usize,
+    /// Delivery attempts listed.
+    pub attempts: usize,
+    /// Deliveries asked for again.
+    pub redelivered: Vec<String>,
+    /// What went wrong, per repository or hook; the rest went on.
+    pub errors: Vec<String>,
+}
+
+/// Asks GitHub for the deliveries of the last `hours` of every hook that points at
+/// [`WEBHOOK_PATH`], on the repositories of GitHub workspaces, and redelivers those that
+/// this server has no record of and that no attempt delivered.
+pub async fn catch_up(
+    pool: &sqlx::PgPool,
+    github: &GitHubHost,
+    hours: i64,
+) -> Result<CatchUpReport, sqlx::Error> {
+    let repositories: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT (data #>> '{repository,owner}') || '/' || (data #>> '{repository,repo}')
+         FROM events
+         WHERE type = 'workspace.created.v1' AND data #>> '{repository,kind}' = 'github'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let since = (chrono::Utc::now() - chrono::Duration::hours(hours))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut report = CatchUpReport {
+        repositories: repositories.len(),
+        ..CatchUpReport::default()
+    };
+    for repository in &repositories {
+        let hooks = match github.hooks_to(repository, WEBHOOK_PATH).await {
+            Ok(hooks) => hooks,
+            Err(e) => {
+                report.errors.push(format!("{repository}: {e}"));
+                continue;
+            }
+        };
+        report.hooks += hooks.len();
+        for hook in hooks {
+            let deliveries = match github.deliveries(repository, hook, &since, 10).await {
+                Ok(d) => d,
+                Err(e) => {
+                    report.errors.push(format!("{repository} hook {hook}: {e}"));
+                    continue;
+                }
+            };
+            report.attempts += deliveries.len();
+            let guids: Vec<String> = deliveries.iter().map(|d| d.guid.clone()).collect();
+            let known: HashSet<String> = sqlx::query_scalar(
+                "SELECT delivery_id FROM github_deliveries WHERE delivery_id = ANY($1)",
+            )
+            .bind(&guids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+            for d in switchyard_github::to_redeliver(&deliveries, &|g| known.contains(g)) {
+                match github.redeliver(repository, hook, d.id).await {
+                    Ok(()) => report.redelivered.push(d.guid.clone()),
+                    Err(e) => report
+                        .errors
+                        .push(format!("{repository} hook {hook} delivery {}: {e}", d.guid)),
+                }
+            }
+        }
+    }
+    tracing::info!(
+        repositories = report.repositories,
+        hooks = report.hooks,
+        attempts = report.attempts,
+        redelivered = report.redelivered.len(),
+        errors = report.errors.len(),
+        "GitHub delivery catch-up done"
+    );
+    Ok(report)
+}
+
+/// `POST /v1/github/catch-up` (admin): the catch-up, now.
+pub(crate) async fn catch_up_route(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    principal.require(None, Scope::Admin)?;
+    let Some(github) = state.github.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "github_not_configured",
+            "this server has no GitHub token (SWITCHYARD_GITHUB__TOKEN), so it cannot ask GitHub for deliveries",
+        ));
+    };
+    let report = catch_up(state.store.pool(), &github, 72)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(report).into_response())
+}
+
+/// Refuses a declared body larger than the webhook limit before reading any of it.
+pub(crate) fn declared_too_large(headers: &HeaderMap, limit: usize) -> bool {
+    header_str(headers, header::CONTENT_LENGTH.as_str())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+}
