@@ -29,6 +29,77 @@ pub struct Repo {
     pub pulls: Vec<(String, String)>,
     /// Every call, as `METHOD /path`.
     pub calls: Vec<String>,
+    /// Comments on issues and pull requests: (number, body).
+    pub comments: Vec<(u64, String)>,
+    /// The repository's webhook (id 1): where deliveries go, when set.
+    pub hook_url: Option<String>,
+    /// The secret deliveries are signed with.
+    pub secret: String,
+    /// Every delivery attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+/// One delivery attempt of the webhook.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The attempt's id.
+    pub id: u64,
+    /// `X-GitHub-Delivery`.
+    pub guid: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// The exact bytes sent.
+    pub payload: Vec<u8>,
+    /// What the receiver answered (0: unreachable).
+    pub status_code: u16,
+    /// Whether it was a redelivery.
+    pub redelivery: bool,
+    /// When (RFC 3339, UTC).
+    pub delivered_at: String,
+}
+
+/// `sha256=<hex>` of `body` under `secret`, as GitHub signs deliveries.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs a signed delivery to `url` (`http://host:port/path`) over a plain TCP connection;
+/// the status, or 0 when nothing answered.
+pub async fn post_delivery(url: &str, secret: &str, event: &str, guid: &str, payload: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return 0;
+    };
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
+        return 0;
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nX-GitHub-Event: {event}\r\nX-GitHub-Delivery: {guid}\r\n\
+         X-Hub-Signature-256: {}\r\nUser-Agent: GitHub-Hookshot/stand-in\r\n\r\n",
+        payload.len(),
+        sign(secret.as_bytes(), payload)
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(payload).await.is_err() {
+        return 0;
+    }
+    let mut response = Vec::new();
+    if stream.read_to_end(&mut response).await.is_err() {
+        return 0;
+    }
+    String::from_utf8_lossy(&response)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The running stand-in.
@@ -60,6 +131,7 @@ async fn handle(
     RawQuery(query): RawQuery,
     body: Option<Json<Value>>,
 ) -> Response {
+    let shared = Arc::clone(&repo);
     let mut repo = repo.lock().unwrap_or_else(|e| e.into_inner());
     repo.calls.push(format!("{method} {}", uri.path()));
     let rest = rest.trim_start_matches('/');
@@ -130,6 +202,61 @@ async fn handle(
             )
                 .into_response()
         }
+        ("GET", r) if r.starts_with("issues/") && r.ends_with("/comments") => {
+            let number: u64 = r["issues/".len()..r.len() - "/comments".len()].parse().unwrap_or(0);
+            let list: Vec<Value> = repo
+                .comments
+                .iter()
+                .filter(|(n, _)| *n == number)
+                .map(|(_, body)| json!({"body": body}))
+                .collect();
+            Json(Value::Array(list)).into_response()
+        }
+        ("POST", r) if r.starts_with("issues/") && r.ends_with("/comments") => {
+            let number: u64 = r["issues/".len()..r.len() - "/comments".len()].parse().unwrap_or(0);
+            let body = body["body"].as_str().unwrap_or_default().to_owned();
+            repo.comments.push((number, body.clone()));
+            (StatusCode::CREATED, Json(json!({"id": repo.comments.len(), "body": body}))).into_response()
+        }
+        ("GET", "hooks") => {
+            let hooks: Vec<Value> = repo
+                .hook_url
+                .iter()
+                .map(|url| json!({"id": 1, "name": "web", "active": true, "config": {"url": url, "content_type": "json"}}))
+                .collect();
+            Json(Value::Array(hooks)).into_response()
+        }
+        ("GET", "hooks/1/deliveries") => {
+            let list: Vec<Value> = repo
+                .attempts
+                .iter()
+                .rev()
+                .map(|a| json!({"id": a.id, "guid": a.guid, "delivered_at": a.delivered_at,
+                                "redelivery": a.redelivery, "status_code": a.status_code,
+                                "status": if a.status_code == 0 { "Connection refused".to_owned() } else { a.status_code.to_string() },
+                                "event": a.event, "action": null, "duration": 0.1}))
+                .collect();
+            Json(Value::Array(list)).into_response()
+        }
+        ("POST", r) if r.starts_with("hooks/1/deliveries/") && r.ends_with("/attempts") => {
+            let id: u64 = r["hooks/1/deliveries/".len()..r.len() - "/attempts".len()].parse().unwrap_or(0);
+            let (Some(original), Some(url)) = (
+                repo.attempts.iter().find(|a| a.id == id).cloned(),
+                repo.hook_url.clone(),
+            ) else {
+                return not_found();
+            };
+            let secret = repo.secret.clone();
+            let state = Arc::clone(&shared);
+            // GitHub redelivers asynchronously and answers 202 at once.
+            tokio::spawn(async move {
+                let status = post_delivery(&url, &secret, &original.event, &original.guid, &original.payload).await;
+                let mut repo = state.lock().unwrap_or_else(|e| e.into_inner());
+                let id = repo.attempts.len() as u64 + 1;
+                repo.attempts.push(Attempt { id, status_code: status, redelivery: true, delivered_at: now(), ..original });
+            });
+            (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+        }
         _ => not_found(),
     }
 }
@@ -154,6 +281,53 @@ impl GitHubStandIn {
             let _ = axum::serve(listener, app).await;
         });
         Self { url, repo }
+    }
+
+    /// Points the repository's webhook at `url`, signing with `secret`.
+    pub fn set_hook(&self, url: &str, secret: &str) {
+        let mut repo = self.repo.lock().unwrap_or_else(|e| e.into_inner());
+        repo.hook_url = Some(url.to_owned());
+        repo.secret = secret.to_owned();
+    }
+
+    /// Sends a delivery to the webhook as GitHub would (signed, with a new delivery id) and
+    /// records the attempt; returns the delivery id and the status answered (0: unreachable).
+    pub async fn deliver(&self, event: &str, payload: &serde_json::Value) -> (String, u16) {
+        let guid = uuid::Uuid::new_v4().to_string();
+        let bytes = serde_json::to_vec(payload).unwrap_or_default();
+        let (url, secret) = {
+            let repo = self.repo.lock().unwrap_or_else(|e| e.into_inner());
+            (repo.hook_url.clone().unwrap_or_default(), repo.secret.clone())
+        };
+        let status = post_delivery(&url, &secret, event, &guid, &bytes).await;
+        let mut repo = self.repo.lock().unwrap_or_else(|e| e.into_inner());
+        let id = repo.attempts.len() as u64 + 1;
+        repo.attempts.push(Attempt {
+            id,
+            guid: guid.clone(),
+            event: event.to_owned(),
+            payload: bytes,
+            status_code: status,
+            redelivery: false,
+            delivered_at: now(),
+        });
+        (guid, status)
+    }
+
+    /// Comments posted so far: (number, body).
+    pub fn comments(&self) -> Vec<(u64, String)> {
+        self.repo
+            .lock()
+            .map(|r| r.comments.clone())
+            .unwrap_or_default()
+    }
+
+    /// Delivery attempts so far.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.repo
+            .lock()
+            .map(|r| r.attempts.clone())
+            .unwrap_or_default()
     }
 
     /// The calls so far, as `METHOD /path`.

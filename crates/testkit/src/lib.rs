@@ -7,7 +7,7 @@
 
 mod github;
 
-pub use github::{GitHubStandIn, Repo};
+pub use github::{Attempt, GitHubStandIn, Repo, post_delivery, sign};
 
 use std::{
     net::TcpListener,

@@ -5,6 +5,7 @@
 
 mod auth;
 mod events;
+mod github;
 mod proposals;
 mod workspaces;
 
@@ -37,6 +38,24 @@ impl Api {
     }
 
     pub(crate) async fn with_config(pool: PgPool, config: ApiConfig, nats: bool) -> Self {
+        Self::build(pool, config, nats, |state| state).await
+    }
+
+    /// With `POST /v1/github/webhook` on, checking signatures with `secret`.
+    pub(crate) async fn with_webhook_secret(pool: PgPool, secret: &str) -> Self {
+        let secret = switchyard_http_api::WebhookSecret::new(secret.to_owned().into());
+        Self::build(pool, ApiConfig::default(), false, move |state| {
+            state.with_webhook_secret(secret)
+        })
+        .await
+    }
+
+    async fn build(
+        pool: PgPool,
+        config: ApiConfig,
+        nats: bool,
+        customise: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
         bootstrap_admin_token(&pool, TOKEN).await.unwrap();
         let catalog = Arc::new(Catalog::builtin().unwrap());
         let store = EventStore::new(pool.clone(), catalog, &StoreConfig::default());
@@ -51,7 +70,7 @@ impl Api {
             None
         };
         Self {
-            router: router(AppState::new(store.clone(), nats, config)),
+            router: router(customise(AppState::new(store.clone(), nats, config))),
             pool,
             store,
         }
