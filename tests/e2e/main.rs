@@ -8,6 +8,8 @@ use std::{process::Stdio, time::Duration};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use switchyard_testkit::TempDatabase;
+
+mod github;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -18,7 +20,7 @@ const TOKEN: &str = "sy_e2e_0123456789abcdef0123456789";
 
 /// A running `switchyard serve` on its own database, JetStream stream and subject prefix;
 /// killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     address: String,
     /// The database this server created (a second instance on it has none).
@@ -192,7 +194,7 @@ impl Server {
 /// Starts `switchyard serve` on a free port; returns it with its address. Its output is
 /// drained in the background so that it never blocks on a full pipe.
 async fn spawn(url: &str, nats: &str, stream: &str, prefix: &str) -> (Child, String) {
-    spawn_with(url, nats, stream, prefix, &[]).await
+    spawn_with(url, nats, stream, prefix, &[], "127.0.0.1:0").await
 }
 
 async fn spawn_with(
@@ -201,10 +203,11 @@ async fn spawn_with(
     stream: &str,
     prefix: &str,
     extra_env: &[(&str, &str)],
+    listen: &str,
 ) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .envs(extra_env.iter().copied())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .env("DATABASE_URL", url)
         .env("NATS_URL", nats)
         .env("SWITCHYARD_RELAY__STREAM", stream)
@@ -1130,6 +1133,7 @@ async fn an_approved_proposal_becomes_a_pull_request_on_github() {
             ("SWITCHYARD_GITHUB__API_URL", github.url.as_str()),
             ("SWITCHYARD_GITHUB__TOKEN", "test-token"),
         ],
+        "127.0.0.1:0",
     )
     .await;
     server.child = child;

@@ -68,12 +68,20 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// POSTs a signed delivery to `url` (`http://host:port/path`) over a plain TCP connection;
 /// the status, or 0 when nothing answered.
-pub async fn post_delivery(url: &str, secret: &str, event: &str, guid: &str, payload: &[u8]) -> u16 {
+pub async fn post_delivery(
+    url: &str,
+    secret: &str,
+    event: &str,
+    guid: &str,
+    payload: &[u8],
+) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Some(rest) = url.strip_prefix("http://") else {
         return 0;
     };
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
         return 0;
     };
@@ -84,7 +92,8 @@ pub async fn post_delivery(url: &str, secret: &str, event: &str, guid: &str, pay
         payload.len(),
         sign(secret.as_bytes(), payload)
     );
-    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(payload).await.is_err() {
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(payload).await.is_err()
+    {
         return 0;
     }
     let mut response = Vec::new();
@@ -203,7 +212,9 @@ async fn handle(
                 .into_response()
         }
         ("GET", r) if r.starts_with("issues/") && r.ends_with("/comments") => {
-            let number: u64 = r["issues/".len()..r.len() - "/comments".len()].parse().unwrap_or(0);
+            let number: u64 = r["issues/".len()..r.len() - "/comments".len()]
+                .parse()
+                .unwrap_or(0);
             let list: Vec<Value> = repo
                 .comments
                 .iter()
@@ -213,10 +224,16 @@ async fn handle(
             Json(Value::Array(list)).into_response()
         }
         ("POST", r) if r.starts_with("issues/") && r.ends_with("/comments") => {
-            let number: u64 = r["issues/".len()..r.len() - "/comments".len()].parse().unwrap_or(0);
+            let number: u64 = r["issues/".len()..r.len() - "/comments".len()]
+                .parse()
+                .unwrap_or(0);
             let body = body["body"].as_str().unwrap_or_default().to_owned();
             repo.comments.push((number, body.clone()));
-            (StatusCode::CREATED, Json(json!({"id": repo.comments.len(), "body": body}))).into_response()
+            (
+                StatusCode::CREATED,
+                Json(json!({"id": repo.comments.len(), "body": body})),
+            )
+                .into_response()
         }
         ("GET", "hooks") => {
             let hooks: Vec<Value> = repo
@@ -239,7 +256,9 @@ async fn handle(
             Json(Value::Array(list)).into_response()
         }
         ("POST", r) if r.starts_with("hooks/1/deliveries/") && r.ends_with("/attempts") => {
-            let id: u64 = r["hooks/1/deliveries/".len()..r.len() - "/attempts".len()].parse().unwrap_or(0);
+            let id: u64 = r["hooks/1/deliveries/".len()..r.len() - "/attempts".len()]
+                .parse()
+                .unwrap_or(0);
             let (Some(original), Some(url)) = (
                 repo.attempts.iter().find(|a| a.id == id).cloned(),
                 repo.hook_url.clone(),
@@ -250,10 +269,23 @@ async fn handle(
             let state = Arc::clone(&shared);
             // GitHub redelivers asynchronously and answers 202 at once.
             tokio::spawn(async move {
-                let status = post_delivery(&url, &secret, &original.event, &original.guid, &original.payload).await;
+                let status = post_delivery(
+                    &url,
+                    &secret,
+                    &original.event,
+                    &original.guid,
+                    &original.payload,
+                )
+                .await;
                 let mut repo = state.lock().unwrap_or_else(|e| e.into_inner());
                 let id = repo.attempts.len() as u64 + 1;
-                repo.attempts.push(Attempt { id, status_code: status, redelivery: true, delivered_at: now(), ..original });
+                repo.attempts.push(Attempt {
+                    id,
+                    status_code: status,
+                    redelivery: true,
+                    delivered_at: now(),
+                    ..original
+                });
             });
             (StatusCode::ACCEPTED, Json(json!({}))).into_response()
         }
@@ -297,7 +329,10 @@ impl GitHubStandIn {
         let bytes = serde_json::to_vec(payload).unwrap_or_default();
         let (url, secret) = {
             let repo = self.repo.lock().unwrap_or_else(|e| e.into_inner());
-            (repo.hook_url.clone().unwrap_or_default(), repo.secret.clone())
+            (
+                repo.hook_url.clone().unwrap_or_default(),
+                repo.secret.clone(),
+            )
         };
         let status = post_delivery(&url, &secret, event, &guid, &bytes).await;
         let mut repo = self.repo.lock().unwrap_or_else(|e| e.into_inner());

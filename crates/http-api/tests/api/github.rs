@@ -176,7 +176,10 @@ async fn each_documented_payload_becomes_its_github_event(pool: PgPool) {
         let delivery = guid();
         let (status, answer) = api.deliver(event, &delivery, &fixture(event)).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{event}: {answer}");
-        assert_eq!(answer["delivery"]["outcome"], "processed", "{event}: {answer}");
+        assert_eq!(
+            answer["delivery"]["outcome"], "processed",
+            "{event}: {answer}"
+        );
         let stored = api.events_with_id(&delivery).await;
         assert_eq!(stored.len(), 1, "{event}");
         let (workspace, ty, stored_stream, source, data) = &stored[0];
@@ -206,7 +209,11 @@ async fn a_missing_malformed_or_wrong_signature_is_refused_before_parsing(pool: 
     let cases: Vec<(Vec<u8>, Option<String>, &str)> = vec![
         (body.clone(), None, "signature_missing"),
         (body.clone(), Some("sha1=abc".into()), "signature_malformed"),
-        (body.clone(), Some(format!("{}0", &good)), "signature_malformed"),
+        (
+            body.clone(),
+            Some(format!("{}0", &good)),
+            "signature_malformed",
+        ),
         (
             body.clone(),
             Some(sign(b"another secret", &body)),
@@ -226,9 +233,7 @@ async fn a_missing_malformed_or_wrong_signature_is_refused_before_parsing(pool: 
         if let Some(signature) = &signature {
             headers.push(("x-hub-signature-256", signature));
         }
-        let (status, answer) = api
-            .send("POST", "/v1/github/webhook", &headers, body)
-            .await;
+        let (status, answer) = api.send("POST", "/v1/github/webhook", &headers, body).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
         assert_eq!(answer["code"], code, "{answer}");
     }
@@ -293,11 +298,17 @@ async fn redeliveries_append_nothing_even_twenty_at_once(pool: PgPool) {
     let first = guid();
     let (status, answer) = api.deliver("pull_request", &first, &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(answer["delivery"]["workspaces"], json!(["widgets", "widgets-2"]));
+    assert_eq!(
+        answer["delivery"]["workspaces"],
+        json!(["widgets", "widgets-2"])
+    );
     let (status, again) = api.deliver("pull_request", &first, &body).await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["duplicate"], true);
-    assert_eq!(again["delivery"]["sequences"], answer["delivery"]["sequences"]);
+    assert_eq!(
+        again["delivery"]["sequences"],
+        answer["delivery"]["sequences"]
+    );
 
     let concurrent = guid();
     let mut tasks = Vec::new();
