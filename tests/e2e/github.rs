@@ -372,6 +372,28 @@ async fn github_merges_commands_and_ci_failures_drive_proposals_and_tasks() {
             .contains("no unresolved dead letter"),
         "{retry}"
     );
+    // Every agent handled all of this without failing (the spec agent once dead-lettered a
+    // rejection of a proposal without a finding): wait for the spec agent's verdict on it.
+    server
+        .wait_for(
+            "SELECT to_jsonb(1) WHERE EXISTS (SELECT 1 FROM agent_handled h JOIN events e ON e.position = h.event_position
+                WHERE h.agent = 'spec' AND e.type = 'proposal.rejected.v1' AND e.data->>'proposal_id' = $1)
+             OR EXISTS (SELECT 1 FROM dead_letters)",
+            &third,
+        )
+        .await
+        .expect("the spec agent handled the rejection");
+    let letters: Vec<(String, String)> = sqlx::query_as("SELECT agent, error FROM dead_letters")
+        .fetch_all(&mut server.db().await)
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'agent.failed.v1'")
+            .fetch_one(&mut server.db().await)
+            .await
+            .unwrap();
+    assert_eq!(failures, 0);
     server.stop().await;
 }
 

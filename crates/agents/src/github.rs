@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
-use switchyard_events::{EventType, RecordedEvent, Source, Workspace};
+use switchyard_events::{EventId, EventType, NewEvent, RecordedEvent, Source, StreamId, Workspace};
 use switchyard_github::{
     GitHubHost,
     commands::{self, Command},
@@ -327,7 +327,18 @@ impl GitHubAgent {
         if let Some(id) = proposal_of(Some(branch)) {
             task["proposal_id"] = json!(id);
         }
-        ctx.emit("task.requested.v1", &task_stream, task)
+        // The task's id is the event's id: two deliveries of the same failure handled at once
+        // both get past the check above, and the store keeps one of their events.
+        let invalid = |e: switchyard_events::InvalidId| HandlerError::new(e.to_string());
+        let mut requested = NewEvent::new(
+            event.workspace.clone(),
+            Source::parse("/agents/github").map_err(invalid)?,
+            EventType::parse("task.requested.v1").map_err(invalid)?,
+            StreamId::parse(&task_stream).map_err(invalid)?,
+            task,
+        );
+        requested.id = EventId::parse(&task_id).map_err(invalid)?;
+        ctx.emit_event(requested)
     }
 
     async fn comment(

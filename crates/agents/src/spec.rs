@@ -284,13 +284,15 @@ impl SpecAgent {
         let Some(id) = event.data["proposal_id"].as_str() else {
             return Ok(());
         };
-        let finding: Option<Value> = sqlx::query_scalar(
+        // NULL for a proposal that addresses no finding (one made by a person).
+        let finding: Option<Value> = sqlx::query_scalar::<_, Option<Value>>(
             "SELECT data->'finding' FROM events WHERE workspace = $1 AND stream_id = $2 AND type = 'proposal.created.v1'",
         )
         .bind(event.workspace.as_str())
         .bind(stream(id))
         .fetch_optional(ctx.connection())
-        .await?;
+        .await?
+        .flatten();
         if let Some(fingerprint) = finding.as_ref().and_then(|f| f["fingerprint"].as_str()) {
             let reason = event.data["reason"].clone();
             ctx.remember(&format!("rejected:{fingerprint}"), reason)?;

@@ -67,6 +67,25 @@ enum Command {
         #[command(subcommand)]
         command: cli::EventCommand,
     },
+    /// GitHub: redeliver webhook deliveries that never reached this server.
+    Github {
+        #[command(subcommand)]
+        command: GithubCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GithubCommand {
+    /// Ask GitHub for the recent deliveries of every hook that points at
+    /// `/v1/github/webhook` (on the repositories of GitHub workspaces) and redeliver those
+    /// this server has no record of. Needs SWITCHYARD_GITHUB__TOKEN. Prints a JSON report.
+    ///
+    /// Example: `switchyard github catch-up --hours 24`
+    CatchUp {
+        /// How far back to look (GitHub keeps deliveries for 3 days).
+        #[arg(long, default_value_t = 72)]
+        hours: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +116,26 @@ async fn main() -> anyhow::Result<()> {
             cli::proposals(open_store(&settings).await?, &workspace, command).await
         }
         Command::Events { command } => cli::events(open_store(&settings).await?, command).await,
+        Command::Github {
+            command: GithubCommand::CatchUp { hours },
+        } => {
+            let token = settings
+                .github
+                .token
+                .clone()
+                .context("catching up needs a GitHub token: set SWITCHYARD_GITHUB__TOKEN")?;
+            let github = switchyard_github::GitHubHost::new(&settings.github.api_url, token)
+                .map_err(|e| anyhow::anyhow!("GitHub client: {e}"))?;
+            let store = open_store(&settings).await?;
+            let report = switchyard_http_api::catch_up(store.pool(), &github, hours).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::ensure!(
+                report.errors.is_empty(),
+                "{} errors while catching up",
+                report.errors.len()
+            );
+            Ok(())
+        }
     }
 }
 

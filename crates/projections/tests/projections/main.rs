@@ -242,3 +242,101 @@ async fn agent_state_counts_proposals_per_author(pool: PgPool) {
     .unwrap();
     assert_eq!(row, (3, 1, 1, Some("out of scope".into())));
 }
+
+/// Counts memory events per workspace; `V2` adds a column, as a new release would.
+struct Counter<const V2: bool>;
+
+impl<const V2: bool> Projection for Counter<V2> {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    fn schema(&self) -> &'static str {
+        if V2 {
+            "CREATE TABLE counts (workspace text PRIMARY KEY, n bigint NOT NULL, last_key text)"
+        } else {
+            "CREATE TABLE counts (workspace text PRIMARY KEY, n bigint NOT NULL)"
+        }
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut sqlx::PgConnection,
+        event: &'a switchyard_events::RecordedEvent,
+    ) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let sql = if V2 {
+                "INSERT INTO counts VALUES ($1, 1, $2)
+                 ON CONFLICT (workspace) DO UPDATE SET n = counts.n + 1, last_key = $2"
+            } else {
+                "INSERT INTO counts VALUES ($1, 1) ON CONFLICT (workspace) DO UPDATE SET n = counts.n + 1"
+            };
+            let mut query = sqlx::query(sql).bind(event.workspace.as_str());
+            if V2 {
+                query = query.bind(event.data["key"].as_str());
+            }
+            query.execute(&mut *tx).await?;
+            Ok(())
+        })
+    }
+}
+
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_projection_whose_tables_changed_is_rebuilt_at_start(pool: PgPool) {
+    let store = store(&pool);
+    append_agent_events(&store, 10, "v").await;
+    let v1 = ProjectionRunner::new(store.clone(), vec![Arc::new(Counter::<false>)], 4);
+    v1.ensure_schemas().await.unwrap();
+    wait_for_applied_named(&v1, &Counter::<false>, &pool, 10).await;
+
+    // The same definitions again: nothing is rebuilt (the table is not replaced).
+    let oid = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, sqlx::postgres::types::Oid>(
+            "SELECT 'proj_counter.counts'::regclass::oid",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = oid(pool.clone()).await;
+    v1.ensure_schemas().await.unwrap();
+    assert_eq!(oid(pool.clone()).await, before);
+
+    // A release with another table: rebuilt from the store before it follows again.
+    let v2 = ProjectionRunner::new(store.clone(), vec![Arc::new(Counter::<true>)], 4);
+    v2.ensure_schemas().await.unwrap();
+    let rows: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT workspace, n, last_key FROM proj_counter.counts ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.iter().map(|r| r.1).sum::<i64>(), 10, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.2.is_some()),
+        "the new column is filled: {rows:?}"
+    );
+}
+
+async fn wait_for_applied_named(
+    runner: &ProjectionRunner,
+    projection: &dyn Projection,
+    pool: &PgPool,
+    events: i64,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        runner.step(projection).await.unwrap();
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT applied FROM projection_checkpoints WHERE name = $1")
+                .bind(projection.name())
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        if applied == Some(events) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
