@@ -330,6 +330,18 @@ async fn github_merges_commands_and_ci_failures_drive_proposals_and_tasks() {
         1
     );
 
+    // Its pull request closed without merging: `closed`.
+    let (_, status) = github
+        .deliver("pull_request", &pull_request_closed(2, &branch, false))
+        .await;
+    assert_eq!(status, 202);
+    let shown = server.wait_for_status(&second, "closed").await;
+    assert_eq!(shown["status"], "closed", "{shown}");
+    assert_eq!(
+        shown["history"].as_array().unwrap().last().unwrap()["data"]["closed_by"],
+        "octocat"
+    );
+
     // A retrospective, asked for in a comment.
     let (_, status) = github
         .deliver("issue_comment", &comment(2, "octocat", "/switchyard retro"))
