@@ -189,11 +189,12 @@ async fn github_merges_commands_and_ci_failures_drive_proposals_and_tasks() {
 
     // The loop: approved over HTTP → pull request #1 → merged on GitHub → `merged`.
     let first = server.propose("# Hello\n").await;
+    let reviewer = server.reviewer().await;
     let (status, _) = server
         .request(
             "POST",
             &format!("/v1/workspaces/hub/proposals/{first}/approve"),
-            &[AUTH, JSON],
+            &[("Authorization", &reviewer), JSON],
             "{}",
         )
         .await;

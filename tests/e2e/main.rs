@@ -69,6 +69,21 @@ impl Server {
         }
     }
 
+    /// `Authorization` of a new approve-scoped token for every workspace, named `reviewer`:
+    /// the author of a proposal (here the admin token) may not approve it too.
+    pub(crate) async fn reviewer(&self) -> String {
+        let (status, made) = self
+            .request(
+                "POST",
+                "/v1/tokens",
+                &[AUTH, ("Content-Type", "application/json")],
+                &json!({"name": "reviewer", "scope": "approve"}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{made}");
+        format!("Bearer {}", made["token"].as_str().unwrap())
+    }
+
     /// Creates workspace `id` (201 expected).
     async fn create_workspace(&self, id: &str) {
         let body = json!({"id": id, "name": id, "repository": {"kind": "local", "path": format!("/tmp/{id}")}});
@@ -902,11 +917,12 @@ async fn an_approved_proposal_becomes_a_commit() {
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
     let approve = json!({"content_hash": created["content_hash"]}).to_string();
+    let reviewer = server.reviewer().await;
     let (status, body) = server
         .request(
             "POST",
             &format!("/v1/workspaces/gitty/proposals/{id}/approve"),
-            &[AUTH, json_type],
+            &[("Authorization", &reviewer), json_type],
             &approve,
         )
         .await;
@@ -954,8 +970,9 @@ async fn an_approved_proposal_becomes_a_commit() {
         "{message}"
     );
 
-    // An approval that does not name the proposal's content — here forged through the raw
-    // events API — is never committed: the git agent checks the hash itself.
+    // An approval that does not name the proposal's content is never committed. The raw
+    // events API refuses to take one at all; written into the store behind the API's back
+    // (a bug, a compromised agent), the git agent still checks the hash itself.
     let (_, second) = server
         .request(
             "POST",
@@ -978,7 +995,18 @@ async fn an_approved_proposal_becomes_a_commit() {
             &forged.to_string(),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "reserved_type");
+    sqlx::query(
+        "INSERT INTO events (workspace, stream_id, stream_version, id, source, type, time, data, correlation_id)
+         VALUES ('gitty', $1, 2, $2, '/tests/forger', 'proposal.approved.v1', now(), $3, $2)",
+    )
+    .bind(format!("proposal/{second_id}"))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&forged["data"])
+    .execute(&mut server.db().await)
+    .await
+    .unwrap();
     let refused = server.wait_for_commit_outcome("gitty", &second_id).await;
     assert_eq!(refused["status"], "failed", "{refused}");
     assert_eq!(refused["history"][2]["data"]["reason"], "content_mismatch");
@@ -1161,11 +1189,12 @@ async fn an_approved_proposal_becomes_a_pull_request_on_github() {
         )
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
+    let reviewer = server.reviewer().await;
     let (status, _) = server
         .request(
             "POST",
             &format!("/v1/workspaces/hub/proposals/{id}/approve"),
-            &[AUTH, json_type],
+            &[("Authorization", &reviewer), json_type],
             "{}",
         )
         .await;

@@ -26,7 +26,18 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn parse(s: &str) -> Option<Self> {
+    /// Its name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Propose => "propose",
+            Self::Approve => "approve",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses `read`, `propose`, `approve` or `admin`.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "read" => Self::Read,
             "propose" => Self::Propose,
@@ -133,10 +144,80 @@ pub(crate) async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = request
+    // Owned before any await: the request's body is not `Sync`.
+    let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let peer = crate::serve::peer(&request);
+    match authenticate(&state, header.as_deref()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            Ok(next.run(request).await)
+        }
+        Err(error) if error.status() == axum::http::StatusCode::UNAUTHORIZED => {
+            // Failed attempts are rate limited per client address; good tokens never are.
+            match peer {
+                Some(peer) => Err(state.auth_failures.failed(peer.ip()).unwrap_or(error)),
+                None => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Failed authentications per client address: after `burst` failures, one more per
+/// `60 / per_minute` seconds; beyond that 429 with `Retry-After`.
+pub(crate) struct AuthFailures {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for AuthFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthFailures")
+    }
+}
+
+impl AuthFailures {
+    pub(crate) fn new(per_minute: u32, burst: u32) -> Self {
+        let per_minute =
+            std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(per_minute).allow_burst(burst),
+            ),
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a failure of `ip`: `Some(429)` once it is over its budget.
+    fn failed(&self, ip: std::net::IpAddr) -> Option<ApiError> {
+        // Forget quiet addresses now and then, so memory stays bounded.
+        if self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4_096 == 4_095 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        match self.limiter.check_key(&ip) {
+            Ok(()) => None,
+            Err(not_until) => {
+                use governor::clock::Clock as _;
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                tracing::warn!(%ip, "too many failed authentications");
+                Some(ApiError::too_many(
+                    format!("too many failed authentications from {ip}; try again in {seconds} s"),
+                    seconds,
+                ))
+            }
+        }
+    }
+}
+
+async fn authenticate(state: &AppState, header: Option<&str>) -> Result<Principal, ApiError> {
+    let token = header
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -154,11 +235,10 @@ pub(crate) async fn require_token(
         row.ok_or_else(|| ApiError::unauthorized("the token is unknown, revoked or expired"))?;
     let scope = Scope::parse(&scope)
         .ok_or_else(|| ApiError::unauthorized("the token's scope is unknown"))?;
-    request.extensions_mut().insert(Principal {
+    Ok(Principal {
         token_id,
         name,
         workspace,
         scope,
-    });
-    Ok(next.run(request).await)
+    })
 }

@@ -22,6 +22,9 @@ pub struct ApiError {
     /// JSON pointer into the request body (or the CloudEvent) of what is wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pointer: Option<String>,
+    /// Seconds to wait before trying again (`Retry-After`).
+    #[serde(skip)]
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -32,7 +35,22 @@ impl ApiError {
             code,
             message: message.into(),
             pointer: None,
+            retry_after: None,
         }
+    }
+
+    /// 429: too many failed attempts; try again after `seconds`.
+    pub fn too_many(message: impl Into<String>, seconds: u64) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message);
+        error.retry_after = Some(seconds.max(1));
+        error
+    }
+
+    /// The same error under another stable code.
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
 
     /// Points at the offending part of the request body.
@@ -163,7 +181,7 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        let mut response = (status, Json(self)).into_response();
+        let mut response = (status, Json(&self)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -173,6 +191,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

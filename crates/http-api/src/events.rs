@@ -42,6 +42,25 @@ impl From<Appended> for AppendedView {
     }
 }
 
+/// Types that only Switchyard writes, each through its own route or agent, where the rules
+/// that give them meaning are enforced (a decision names exactly what was approved, by whom,
+/// once). Accepting them here would let a `propose` token forge an approval.
+fn owned_elsewhere(ty: &str) -> Option<&'static str> {
+    Some(match ty {
+        "workspace.created.v1" => "POST /v1/workspaces",
+        "workspace.configured.v1" => "PUT /v1/workspaces/{ws}/settings",
+        "proposal.created.v1" => "POST /v1/workspaces/{ws}/proposals",
+        "proposal.approved.v1" | "proposal.rejected.v1" => {
+            "POST /v1/workspaces/{ws}/proposals/{id}/approve|reject, or /switchyard comments"
+        }
+        "proposal.merged.v1" | "proposal.closed.v1" | "github.command.v1" => "the github agent",
+        "git.commit.v1" | "git.commit_failed.v1" => "the git agent",
+        "agent.registered.v1" | "agent.failed.v1" => "the agent runtime",
+        t if t.starts_with("github.") => "POST /v1/github/webhook",
+        _ => return None,
+    })
+}
+
 /// `POST /v1/workspaces/{ws}/events`
 pub(crate) async fn post_events(
     State(state): State<AppState>,
@@ -109,6 +128,20 @@ pub(crate) async fn post_events(
         ));
     };
 
+    for (i, event) in events.iter().enumerate() {
+        if let Some(route) = owned_elsewhere(event.ty.as_str()) {
+            let error = ApiError::forbidden(format!(
+                "{} events are written by Switchyard itself ({route}), not through the events API",
+                event.ty
+            ))
+            .with_code("reserved_type");
+            return Err(if batch {
+                error.at(format!("/{i}/type"))
+            } else {
+                error.at("/type")
+            });
+        }
+    }
     let appended = state
         .store
         .append(events)

@@ -11,6 +11,8 @@ mod events;
 mod github;
 mod ops;
 mod proposals;
+mod serve;
+mod tokens;
 mod workspaces;
 
 use std::{
@@ -39,6 +41,10 @@ pub use auth::{
 pub use error::ApiError;
 pub use github::{CatchUpReport, MAX_WEBHOOK_BODY, WEBHOOK_PATH, catch_up};
 pub use ops::{Ops, OpsError};
+pub use serve::{ServeLimits, serve};
+pub use tokens::{
+    NewToken, TokenError, TokenInfo, create_token, list_tokens, parse_expiry, revoke_token,
+};
 
 /// Limits and defaults of the HTTP API.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +60,14 @@ pub struct ApiConfig {
     pub default_page: u32,
     /// Largest page a list request may ask for; larger requests are capped.
     pub max_page: u32,
+    /// Whether the author of a proposal (the token's name) may approve it too.
+    pub allow_self_approval: bool,
+    /// A request (body included) must be answered within this many seconds, else 408.
+    pub request_timeout_secs: u64,
+    /// Failed authentications allowed per client address and minute, after a burst.
+    pub auth_failures_per_minute: u32,
+    /// Failed authentications allowed at once per client address.
+    pub auth_failure_burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +78,10 @@ impl Default for ApiConfig {
             max_batch_events: 1_000,
             default_page: 100,
             max_page: 1_000,
+            allow_self_approval: false,
+            request_timeout_secs: 30,
+            auth_failures_per_minute: 60,
+            auth_failure_burst: 20,
         }
     }
 }
@@ -82,6 +100,8 @@ pub struct AppState {
     webhook_secret: Option<Arc<WebhookSecret>>,
     /// The GitHub client, for the delivery catch-up.
     github: Option<Arc<switchyard_github::GitHubHost>>,
+    /// Failed authentications per client address.
+    auth_failures: Arc<auth::AuthFailures>,
 }
 
 /// A webhook secret, kept out of logs and `Debug`.
@@ -117,6 +137,10 @@ impl AppState {
         Self {
             store,
             nats,
+            auth_failures: Arc::new(auth::AuthFailures::new(
+                config.auth_failures_per_minute,
+                config.auth_failure_burst,
+            )),
             config: Arc::new(config),
             known_workspaces: Arc::default(),
             ops: None,
@@ -216,6 +240,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
         .route("/v1/github/catch-up", post(github::catch_up_route))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
         .route("/v1/ops/status", get(ops::status))
         .route("/v1/ops/dead-letters", get(ops::dead_letters))
         .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
@@ -237,6 +263,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.request_timeout_secs.max(1)),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -223,6 +223,16 @@ async fn decide_route(
         .await?;
     let channel = channel(headers)?;
     let proposal = load(state, &workspace, id).await?;
+    if matches!(decision, Decision::Approve { .. })
+        && !state.config.allow_self_approval
+        && proposal.proposal["author"].as_str() == Some(principal.name.as_str())
+    {
+        return Err(ApiError::forbidden(format!(
+            "{} proposed {id} and may not approve it too (api.allow_self_approval is off)",
+            principal.name
+        ))
+        .with_code("self_approval"));
+    }
     let event = decide(
         &proposal,
         &workspace,

@@ -69,6 +69,7 @@ pub(crate) async fn proposals(
     store: EventStore,
     workspace: &str,
     command: ProposalCommand,
+    allow_self_approval: bool,
 ) -> anyhow::Result<()> {
     let workspace = Workspace::parse(workspace)?;
     match command {
@@ -96,6 +97,11 @@ pub(crate) async fn proposals(
         }
         ProposalCommand::Approve { id, comment, by } => {
             let proposal = load(&store, &workspace, &id).await?;
+            if !allow_self_approval && proposal.proposal["author"].as_str() == Some(by.as_str()) {
+                bail!(
+                    "{by} proposed {id} and may not approve it too (api.allow_self_approval is off)"
+                );
+            }
             let decision = Decision::Approve {
                 comment,
                 content_hash: Some(proposal.content_hash.clone()),
@@ -187,4 +193,76 @@ pub(crate) async fn events(store: EventStore, command: EventCommand) -> anyhow::
             wakeups.wait(Duration::from_millis(wait)).await;
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a token and print it (the only time it is shown; only its SHA-256 is stored).
+    ///
+    /// Example: `switchyard tokens create --workspace demo --scope approve --expires 30d --name alice`
+    Create {
+        /// The workspace it is for; every workspace when absent.
+        #[arg(long, short)]
+        workspace: Option<String>,
+        /// read, propose, approve or admin.
+        #[arg(long)]
+        scope: String,
+        /// How long it works (`30d`, `12h`, `1w`); forever when absent.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Its name, recorded as the author or approver of what it does (default: $USER).
+        #[arg(long, env = "USER")]
+        name: String,
+    },
+    /// Tokens without their secrets, newest first.
+    List {
+        /// Only this workspace's.
+        #[arg(long, short)]
+        workspace: Option<String>,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// The token's id (from `list`).
+        id: uuid::Uuid,
+    },
+}
+
+pub(crate) async fn tokens(store: EventStore, command: TokenCommand) -> anyhow::Result<()> {
+    let pool = store.pool();
+    match command {
+        TokenCommand::Create {
+            workspace,
+            scope,
+            expires,
+            name,
+        } => {
+            let scope = switchyard_http_api::Scope::parse(&scope)
+                .context("--scope is read, propose, approve or admin")?;
+            let workspace = workspace
+                .map(|w| Workspace::parse(&w))
+                .transpose()
+                .context("--workspace")?;
+            let expires = expires
+                .map(|e| switchyard_http_api::parse_expiry(&e))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--expires {e}"))?;
+            let made =
+                switchyard_http_api::create_token(pool, &name, workspace.as_ref(), scope, expires)
+                    .await?;
+            println!("{}", serde_json::to_string_pretty(&made)?);
+            eprintln!("Keep the token now: it is not shown again.");
+        }
+        TokenCommand::List { workspace } => {
+            for token in switchyard_http_api::list_tokens(pool, workspace.as_deref()).await? {
+                println!("{}", serde_json::to_string(&token)?);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked = switchyard_http_api::revoke_token(pool, id, None)
+                .await?
+                .with_context(|| format!("no token {id}"))?;
+            println!("{}", serde_json::to_string(&revoked)?);
+        }
+    }
+    Ok(())
 }

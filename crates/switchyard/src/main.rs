@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::EventCommand,
     },
+    /// Create, list and revoke API tokens (on the database directly).
+    Tokens {
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+    },
     /// GitHub: redeliver webhook deliveries that never reached this server.
     Github {
         #[command(subcommand)]
@@ -113,9 +118,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { listen } => serve(settings, listen).await,
         Command::Projections { command } => projections(settings, command).await,
         Command::Proposals { workspace, command } => {
-            cli::proposals(open_store(&settings).await?, &workspace, command).await
+            let allow_self_approval = settings.api.allow_self_approval;
+            cli::proposals(
+                open_store(&settings).await?,
+                &workspace,
+                command,
+                allow_self_approval,
+            )
+            .await
         }
         Command::Events { command } => cli::events(open_store(&settings).await?, command).await,
+        Command::Tokens { command } => cli::tokens(open_store(&settings).await?, command).await,
         Command::Github {
             command: GithubCommand::CatchUp { hours },
         } => {
@@ -334,13 +347,12 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         });
     }
     let signal = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            signal.cancel();
-        })
-        .await
-        .context("HTTP server failed")?;
+    switchyard_http_api::serve(listener, app, &settings.server, async move {
+        shutdown_signal().await;
+        signal.cancel();
+    })
+    .await
+    .context("HTTP server failed")?;
     shutdown.cancel();
     // Give the relay, projections and consumers a moment to finish what they hold; anything
     // unfinished is redone from its checkpoint at the next start.

@@ -32,6 +32,7 @@ const KEYS: &[&str] = &[
     "runtime",
     "projections",
     "github",
+    "server",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +50,7 @@ pub(crate) struct Settings {
     pub(crate) runtime: RuntimeConfig,
     pub(crate) projections: ProjectionSettings,
     pub(crate) github: GitHubSettings,
+    pub(crate) server: switchyard_http_api::ServeLimits,
 }
 
 #[derive(Debug, Deserialize)]

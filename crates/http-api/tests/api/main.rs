@@ -7,6 +7,7 @@ mod auth;
 mod events;
 mod github;
 mod proposals;
+mod tokens;
 mod workspaces;
 
 use std::sync::Arc;
@@ -147,6 +148,21 @@ impl Api {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// A new token named `name` with `scope`, for `workspace` (every workspace when `None`).
+    pub(crate) async fn token(&self, name: &str, scope: &str, workspace: Option<&str>) -> String {
+        let workspace = workspace.map(|w| switchyard_events::Workspace::parse(w).unwrap());
+        switchyard_http_api::create_token(
+            &self.pool,
+            name,
+            workspace.as_ref(),
+            switchyard_http_api::Scope::parse(scope).unwrap(),
+            None,
+        )
+        .await
+        .unwrap()
+        .token
     }
 
     /// Creates workspace `id`.

@@ -51,7 +51,22 @@ async fn a_proposal_is_created_listed_shown_and_approved_once(pool: PgPool) {
     api.workspace("demo").await;
     let runner = project(&api).await;
 
-    let (status, created) = api.post_json(PROPOSALS, "application/json", &draft()).await;
+    // Proposed by alice; approved below by the admin token (an author may not approve).
+    let alice = format!(
+        "Bearer {}",
+        api.token("alice", "propose", Some("demo")).await
+    );
+    let (status, created) = api
+        .send(
+            "POST",
+            PROPOSALS,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &alice),
+            ],
+            draft().to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["status"], "pending");
     let id = created["id"].as_str().unwrap().to_owned();
@@ -206,4 +221,49 @@ async fn bad_proposals_and_decisions_are_refused(pool: PgPool) {
         before + 1,
         "only the valid proposal was appended"
     );
+}
+
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn the_author_of_a_proposal_may_not_approve_it(pool: PgPool) {
+    let api = Api::new(pool).await;
+    api.workspace("demo").await;
+    let bob = format!("Bearer {}", api.token("bob", "approve", Some("demo")).await);
+    let as_bob = |content_type| {
+        [
+            ("content-type", content_type),
+            ("authorization", bob.as_str()),
+        ]
+    };
+    let (status, created) = api
+        .send(
+            "POST",
+            PROPOSALS,
+            &as_bob("application/json"),
+            draft().to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let before = api.event_count().await;
+    let (status, error) = api
+        .send(
+            "POST",
+            &format!("{PROPOSALS}/{id}/approve"),
+            &as_bob("application/json"),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
+    assert_eq!(error["code"], "self_approval");
+    assert_eq!(api.event_count().await, before, "nothing appended");
+    // Rejecting one's own proposal is allowed (withdrawing it).
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("{PROPOSALS}/{id}/reject"),
+            &as_bob("application/json"),
+            json!({"reason": "withdrawn"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
