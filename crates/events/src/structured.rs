@@ -59,8 +59,8 @@ pub fn is_json_media_type(media_type: &str) -> bool {
 /// Parses one CloudEvent (JSON format) posted to `workspace`.
 ///
 /// `id` and `time` are optional (the store generates a UUIDv7 and stamps the time); `subject`
-/// is required, since it names the stream. `dataschema` is accepted and ignored: the schema
-/// always comes from the catalog. The `workspace` extension, when present, must name
+/// is required, since it names the stream. `dataschema`, when present, must be the catalog's
+/// URI for the type: the schema always comes from the catalog. The `workspace` extension, when present, must name
 /// `workspace`; `sequence` and `streamversion` are set by the store and refused here.
 pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, InvalidEvent> {
     let Value::Object(mut attrs) = value else {
@@ -112,8 +112,20 @@ pub fn parse_event(value: Value, workspace: &Workspace) -> Result<NewEvent, Inva
             "only JSON data is accepted (application/json or a +json media type)",
         ));
     }
-    // Accepted for compatibility with producers that always set it; never fetched or trusted.
-    take_string(&mut attrs, "dataschema")?;
+    // Schemas come only from the catalog, and nothing named in an event is ever fetched: a
+    // `dataschema` other than the catalog's own URI for the type is refused rather than
+    // silently ignored, so a producer learns that its schema is not the one applied.
+    if let Some(dataschema) = take_string(&mut attrs, "dataschema")?
+        && dataschema != crate::catalog::schema_uri(&ty)
+    {
+        return Err(InvalidEvent::at(
+            "/dataschema",
+            format!(
+                "dataschema must be absent or {}: schemas come from the catalog, and URLs in events are never fetched",
+                crate::catalog::schema_uri(&ty)
+            ),
+        ));
+    }
     if attrs.contains_key("data_base64") {
         return Err(InvalidEvent::at(
             "/data_base64",

@@ -178,6 +178,20 @@ fn parse_binary(
             ApiError::bad_request(format!("header {name} must be visible ASCII"))
                 .at(format!("/{attr}"))
         })?;
+        // `%` must start an escape (`%` and two hex digits); the decoder would keep a bad one
+        // as it is.
+        let bytes = raw.as_bytes();
+        let malformed = bytes.iter().enumerate().any(|(i, b)| {
+            *b == b'%'
+                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+        if malformed {
+            return Err(ApiError::bad_request(format!(
+                "header {name} has a malformed percent-encoding (% must be followed by two hex digits)"
+            ))
+            .at(format!("/{attr}")));
+        }
         let decoded = percent_encoding::percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| {
