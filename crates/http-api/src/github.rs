@@ -254,6 +254,15 @@ async fn record(
                     .iter()
                     .map(|ws| build(ws, repository, ty, stream, delivery, data))
                     .collect::<Result<Vec<_>, _>>();
+                // Deliveries about one pull request or commit (a CI run's many check runs)
+                // arrive together and append to one stream: take turns on it, in workspace
+                // order, rather than race for its next version and retry.
+                for ws in &workspaces {
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                        .bind(format!("switchyard.stream:{ws}:{stream}"))
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let appended = match events {
                     Ok(events) => state.store.append_in(&mut tx, events).await,
                     Err(e) => Err(StoreError::Corrupt {
