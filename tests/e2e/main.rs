@@ -10,6 +10,7 @@ use sqlx::{Connection, PgConnection};
 use switchyard_testkit::TempDatabase;
 
 mod github;
+mod workflows;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -29,6 +30,8 @@ pub(crate) struct Server {
     nats: String,
     stream: String,
     prefix: String,
+    /// Extra environment of every (re)start.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -38,12 +41,17 @@ impl Server {
     }
 
     async fn start_on(nats: &str) -> Self {
+        Self::start_with(nats, Vec::new()).await
+    }
+
+    /// A server whose every (re)start has `env` too.
+    async fn start_with(nats: &str, env: Vec<(String, String)>) -> Self {
         let nats = nats.to_owned();
         let database = TempDatabase::create("sy_e2e").await;
         let url = database.url().to_owned();
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let (stream, prefix) = (format!("E2E{tag}"), format!("e{tag}"));
-        let (child, address) = spawn(&url, &nats, &stream, &prefix).await;
+        let (child, address) = spawn_env(&url, &nats, &stream, &prefix, &env).await;
         Self {
             child,
             address,
@@ -52,12 +60,14 @@ impl Server {
             nats,
             stream,
             prefix,
+            env,
         }
     }
 
     /// Another instance on the same database, NATS and stream.
     async fn twin(&self) -> Self {
-        let (child, address) = spawn(&self.url, &self.nats, &self.stream, &self.prefix).await;
+        let (child, address) =
+            spawn_env(&self.url, &self.nats, &self.stream, &self.prefix, &self.env).await;
         Self {
             child,
             address,
@@ -66,6 +76,7 @@ impl Server {
             nats: self.nats.clone(),
             stream: self.stream.clone(),
             prefix: self.prefix.clone(),
+            env: self.env.clone(),
         }
     }
 
@@ -101,7 +112,8 @@ impl Server {
     /// SIGKILL, then start again on the same database and stream (on a new port).
     async fn kill_and_restart(&mut self) {
         self.child.kill().await.unwrap();
-        let (child, address) = spawn(&self.url, &self.nats, &self.stream, &self.prefix).await;
+        let (child, address) =
+            spawn_env(&self.url, &self.nats, &self.stream, &self.prefix, &self.env).await;
         self.child = child;
         self.address = address;
     }
@@ -206,10 +218,17 @@ impl Server {
     }
 }
 
-/// Starts `switchyard serve` on a free port; returns it with its address. Its output is
+/// Starts `switchyard serve` on a free port with `env` too; returns it with its address. Its output is
 /// drained in the background so that it never blocks on a full pipe.
-async fn spawn(url: &str, nats: &str, stream: &str, prefix: &str) -> (Child, String) {
-    spawn_with(url, nats, stream, prefix, &[], "127.0.0.1:0").await
+async fn spawn_env(
+    url: &str,
+    nats: &str,
+    stream: &str,
+    prefix: &str,
+    env: &[(String, String)],
+) -> (Child, String) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    spawn_with(url, nats, stream, prefix, &env, "127.0.0.1:0").await
 }
 
 async fn spawn_with(

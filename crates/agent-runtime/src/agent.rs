@@ -73,6 +73,25 @@ pub trait Agent: Send + Sync + 'static {
     /// Its manifest.
     fn manifest(&self) -> &Manifest;
 
+    /// Whether the agent does long work ([`work`](Self::work)) for each event. Such an agent's
+    /// deliveries are handled one at a time per consumer slot, outside batches.
+    fn long_running(&self) -> bool {
+        false
+    }
+
+    /// Long work done before [`handle`](Self::handle), outside any transaction (a runner's
+    /// commands). While it runs the runtime tells JetStream the delivery is in progress, so it
+    /// is delivered again only if this process dies or the work fails; an event already
+    /// handled is never worked on again. The result reaches `handle` as
+    /// [`Context::work_output`]. Called only when [`long_running`](Self::long_running).
+    fn work<'a>(
+        &'a self,
+        _work: &'a WorkContext,
+        _event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<Value, HandlerError>> {
+        Box::pin(async { Ok(Value::Null) })
+    }
+
     /// Handles one event. What it emits (through `ctx`) commits together with the record that
     /// it handled the event, or not at all. It may run again for the same event only if it
     /// failed before, so it must not act outside the transaction without making that
@@ -84,6 +103,63 @@ pub trait Agent: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
+/// What long work may do: publish an event at once (e.g. "started"), read the store, and
+/// notice that the server is shutting down.
+#[derive(Debug, Clone)]
+pub struct WorkContext {
+    pub(crate) store: switchyard_store::EventStore,
+    pub(crate) manifest: Manifest,
+    pub(crate) cause: RecordedEvent,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl WorkContext {
+    /// Appends an event now, in its own transaction, caused by the event being worked on (as
+    /// [`Context::emit`] builds it). Only types the manifest declares.
+    pub async fn emit_now(&self, ty: &str, stream: &str, data: Value) -> Result<(), HandlerError> {
+        let event = build(&self.manifest, &self.cause, ty, stream, data)?;
+        self.store
+            .append(vec![event])
+            .await
+            .map_err(|e| HandlerError::new(format!("appending {ty}: {e}")))?;
+        Ok(())
+    }
+
+    /// The store's pool, for reads.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.store.pool()
+    }
+
+    /// Cancelled when the server shuts down: stop, and the event is delivered again later.
+    pub fn shutdown(&self) -> &tokio_util::sync::CancellationToken {
+        &self.shutdown
+    }
+}
+
+fn build(
+    manifest: &Manifest,
+    cause: &RecordedEvent,
+    ty: &str,
+    stream: &str,
+    data: Value,
+) -> Result<NewEvent, HandlerError> {
+    let ty = EventType::parse(ty).map_err(|e| HandlerError::new(e.to_string()))?;
+    if ty.as_str() != MEMORY_RECORDED && !manifest.emits.contains(&ty) {
+        return Err(HandlerError::new(format!(
+            "agent {} may not emit {ty}: its manifest does not declare it",
+            manifest.name
+        )));
+    }
+    let stream = StreamId::parse(stream).map_err(|e| HandlerError::new(e.to_string()))?;
+    let source = Source::parse(&format!("/agents/{}", manifest.name))
+        .map_err(|e| HandlerError::new(e.to_string()))?;
+    let mut event = NewEvent::new(cause.workspace.clone(), source, ty, stream, data);
+    event.correlation_id = Some(cause.correlation_id.clone());
+    event.causation_id = Some(cause.id.to_string());
+    event.traceparent = cause.traceparent.clone();
+    Ok(event)
+}
+
 /// What a handler may do: emit events, remember and recall, read through the transaction.
 #[derive(Debug)]
 pub struct Context<'t> {
@@ -91,6 +167,7 @@ pub struct Context<'t> {
     manifest: &'t Manifest,
     cause: &'t RecordedEvent,
     emitted: Vec<NewEvent>,
+    work: Option<Value>,
 }
 
 impl<'t> Context<'t> {
@@ -104,7 +181,18 @@ impl<'t> Context<'t> {
             manifest,
             cause,
             emitted: Vec::new(),
+            work: None,
         }
+    }
+
+    pub(crate) fn with_work(mut self, work: Option<Value>) -> Self {
+        self.work = work;
+        self
+    }
+
+    /// What [`Agent::work`] returned for this event (long-running agents only).
+    pub fn work_output(&self) -> Option<&Value> {
+        self.work.as_ref()
     }
 
     pub(crate) fn into_emitted(self) -> Vec<NewEvent> {
@@ -120,20 +208,7 @@ impl<'t> Context<'t> {
     /// handled event, `correlationid` carried on, `source` = `/agents/<name>`. Only types the
     /// manifest declares may be emitted.
     pub fn emit(&mut self, ty: &str, stream: &str, data: Value) -> Result<(), HandlerError> {
-        let ty = EventType::parse(ty).map_err(|e| HandlerError::new(e.to_string()))?;
-        if ty.as_str() != MEMORY_RECORDED && !self.manifest.emits.contains(&ty) {
-            return Err(HandlerError::new(format!(
-                "agent {} may not emit {ty}: its manifest does not declare it",
-                self.manifest.name
-            )));
-        }
-        let stream = StreamId::parse(stream).map_err(|e| HandlerError::new(e.to_string()))?;
-        let source = Source::parse(&format!("/agents/{}", self.manifest.name))
-            .map_err(|e| HandlerError::new(e.to_string()))?;
-        let mut event = NewEvent::new(self.cause.workspace.clone(), source, ty, stream, data);
-        event.correlation_id = Some(self.cause.correlation_id.clone());
-        event.causation_id = Some(self.cause.id.to_string());
-        event.traceparent = self.cause.traceparent.clone();
+        let event = build(self.manifest, self.cause, ty, stream, data)?;
         self.emitted.push(event);
         Ok(())
     }

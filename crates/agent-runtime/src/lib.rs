@@ -22,7 +22,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Connection;
 use switchyard_events::{
     EventType, ExpectedVersion, NewEvent, RecordedEvent, Source, StreamId, Workspace, encode_type,
@@ -31,7 +31,7 @@ use switchyard_events::{
 use switchyard_store::EventStore;
 use tokio_util::sync::CancellationToken;
 
-pub use agent::{Agent, Context, HandlerError, MEMORY_RECORDED, Manifest};
+pub use agent::{Agent, Context, HandlerError, MEMORY_RECORDED, Manifest, WorkContext};
 
 /// The workspace that holds Switchyard's own events (agent registrations).
 pub const SYSTEM_WORKSPACE: &str = "system";
@@ -344,12 +344,14 @@ impl AgentRuntime {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let consumer = self.consumer(&agent.manifest().name, ty).await?;
-        // Whatever has arrived is handled as one batch: one transaction, one commit.
-        let mut batches = consumer
-            .messages()
-            .await
-            .map_err(js)?
-            .ready_chunks(self.config.batch.max(1));
+        // Whatever has arrived is handled as one batch: one transaction, one commit. Long work
+        // goes one delivery at a time.
+        let batch = if agent.long_running() {
+            1
+        } else {
+            self.config.batch.max(1)
+        };
+        let mut batches = consumer.messages().await.map_err(js)?.ready_chunks(batch);
         let concurrency = self.config.concurrency.max(1);
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
@@ -364,7 +366,7 @@ impl AgentRuntime {
                     for message in batch {
                         messages.push(message.map_err(js)?);
                     }
-                    in_flight.push(self.process(agent, messages));
+                    in_flight.push(self.process(agent, messages, shutdown));
                 }
             }
         }
@@ -375,7 +377,12 @@ impl AgentRuntime {
     /// Handles a batch of deliveries in one transaction, each event under a savepoint of its
     /// own so that one failure rolls back only that event. Never fails: errors become NAKs,
     /// dead letters or redeliveries. Acks go out only after the commit.
-    async fn process(&self, agent: &Arc<dyn Agent>, messages: Vec<jetstream::Message>) {
+    async fn process(
+        &self,
+        agent: &Arc<dyn Agent>,
+        messages: Vec<jetstream::Message>,
+        shutdown: &CancellationToken,
+    ) {
         let name = agent.manifest().name.as_str();
         let positions: Vec<Option<i64>> = messages
             .iter()
@@ -415,18 +422,26 @@ impl AgentRuntime {
                 }
             }
         }
-        let outcomes = match self.handle_batch(agent, &batch).await {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                tracing::warn!(agent = name, error = %e, "batch transaction failed; redelivering");
-                batch.iter().map(|_| Outcome::Retry).collect()
+        let outcomes = if agent.long_running() {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for (message, event) in &batch {
+                outcomes.push(self.work_then_handle(agent, message, event, shutdown).await);
+            }
+            outcomes
+        } else {
+            match self.handle_batch(agent, &batch).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    tracing::warn!(agent = name, error = %e, "batch transaction failed; redelivering");
+                    batch.iter().map(|_| Outcome::Retry).collect()
+                }
             }
         };
         for ((message, event), outcome) in batch.into_iter().zip(outcomes) {
             let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
             let outcome = match outcome {
                 // Lost a race for a stream version: run it alone, with its own retries.
-                Outcome::Race => match self.handle(agent, &event).await {
+                Outcome::Race => match self.handle(agent, &event, None).await {
                     Ok(()) => Outcome::Done,
                     Err(e) => Outcome::Failed(e),
                 },
@@ -551,6 +566,69 @@ impl AgentRuntime {
         Ok(outcomes)
     }
 
+    fn work_context(
+        &self,
+        agent: &Arc<dyn Agent>,
+        event: &RecordedEvent,
+        shutdown: &CancellationToken,
+    ) -> WorkContext {
+        WorkContext {
+            store: self.store.clone(),
+            manifest: agent.manifest().clone(),
+            cause: event.clone(),
+            shutdown: shutdown.child_token(),
+        }
+    }
+
+    /// A long-running agent's delivery: skip it if handled, else do the work while telling
+    /// JetStream it is in progress, then handle it with the work's result.
+    #[tracing::instrument(name = "agent.work", skip_all, fields(agent.name = %agent.manifest().name, event.id = %event.id, event.r#type = %event.ty, correlation.id = %event.correlation_id))]
+    async fn work_then_handle(
+        &self,
+        agent: &Arc<dyn Agent>,
+        message: &jetstream::Message,
+        event: &RecordedEvent,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let handled: Result<bool, sqlx::Error> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM agent_handled WHERE agent = $1 AND event_position = $2)",
+        )
+        .bind(&agent.manifest().name)
+        .bind(event.position)
+        .fetch_one(self.store.pool())
+        .await;
+        match handled {
+            Ok(true) => return Outcome::Done,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the handled record; redelivering");
+                return Outcome::Retry;
+            }
+        }
+        let keep_alive = {
+            let message = message.clone();
+            let every = Duration::from_millis((self.config.ack_wait_secs * 1000 / 3).max(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if message.ack_with(AckKind::Progress).await.is_err() {
+                        tracing::debug!("cannot tell JetStream the work is in progress");
+                    }
+                }
+            })
+        };
+        let context = self.work_context(agent, event, shutdown);
+        let output = agent.work(&context, event).await;
+        keep_alive.abort();
+        match output {
+            Ok(output) => match self.handle(agent, event, Some(output)).await {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(e),
+            },
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
     fn backoff(&self, delivered: i64) -> Duration {
         let exponent = u32::try_from(delivered.clamp(1, 20) - 1).unwrap_or(0);
         let ms = self.config.backoff_base_ms.saturating_mul(1u64 << exponent);
@@ -566,12 +644,13 @@ impl AgentRuntime {
         &self,
         agent: &Arc<dyn Agent>,
         event: &RecordedEvent,
+        work: Option<Value>,
     ) -> Result<(), HandlerError> {
         const ATTEMPTS: u64 = 8;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_handle(agent, event).await {
+            match self.try_handle(agent, event, work.clone()).await {
                 Err(Failure::Race) if attempt < ATTEMPTS => {
                     let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 20;
                     tokio::time::sleep(Duration::from_millis(attempt * 5 + jitter)).await;
@@ -591,6 +670,7 @@ impl AgentRuntime {
         &self,
         agent: &Arc<dyn Agent>,
         event: &RecordedEvent,
+        work: Option<Value>,
     ) -> Result<(), Failure> {
         let manifest = agent.manifest();
         let mut conn = self
@@ -613,13 +693,18 @@ impl AgentRuntime {
         if !fresh {
             return Ok(());
         }
-        let mut ctx = Context::new(&mut tx, manifest, event);
+        let mut ctx = Context::new(&mut tx, manifest, event).with_work(work);
         agent.handle(&mut ctx, event).await?;
         let emitted = ctx.into_emitted();
         if !emitted.is_empty() {
             match self.store.append_in(&mut tx, emitted).await {
                 Ok(_) => {}
-                Err(switchyard_store::Error::ConcurrentWrite) => return Err(Failure::Race),
+                // Another writer moved a stream the handler decided on (an exact expected
+                // version): decide again on what is there now.
+                Err(
+                    switchyard_store::Error::ConcurrentWrite
+                    | switchyard_store::Error::Conflict { .. },
+                ) => return Err(Failure::Race),
                 Err(e) => {
                     return Err(
                         HandlerError::new(format!("appending the agent's events: {e}")).into(),
@@ -731,7 +816,18 @@ impl AgentRuntime {
             .get(letter.event_position)
             .await?
             .ok_or(Error::NoDeadLetter(id))?;
-        self.handle(agent, &event)
+        let work = if agent.long_running() {
+            let context = self.work_context(agent, &event, &CancellationToken::new());
+            Some(
+                agent
+                    .work(&context, &event)
+                    .await
+                    .map_err(Error::StillFailing)?,
+            )
+        } else {
+            None
+        };
+        self.handle(agent, &event, work)
             .await
             .map_err(Error::StillFailing)?;
         let resolved: DeadLetter = sqlx::query_as(

@@ -22,6 +22,9 @@ pub struct ApiError {
     /// JSON pointer into the request body (or the CloudEvent) of what is wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pointer: Option<String>,
+    /// Every problem, when there are several (each with its own code, pointer and message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<serde_json::Value>,
     /// Seconds to wait before trying again (`Retry-After`).
     #[serde(skip)]
     retry_after: Option<u64>,
@@ -35,8 +38,16 @@ impl ApiError {
             code,
             message: message.into(),
             pointer: None,
+            details: None,
             retry_after: None,
         }
+    }
+
+    /// Lists every problem beside the first.
+    #[must_use]
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     /// 429: too many failed attempts; try again after `seconds`.

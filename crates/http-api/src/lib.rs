@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod github;
 mod ops;
+mod plans;
 mod proposals;
 mod serve;
 mod tokens;
@@ -237,6 +238,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/workspaces/{ws}/proposals/{id}/reject",
             post(proposals::reject),
+        )
+        .route(
+            "/v1/workspaces/{ws}/plans",
+            post(plans::submit).get(plans::list),
+        )
+        .route("/v1/workspaces/{ws}/plans/{id}", get(plans::show))
+        .route("/v1/workspaces/{ws}/plans/{id}/cancel", post(plans::cancel))
+        .route(
+            "/v1/workspaces/{ws}/plans/{id}/tasks/{task}/resolve",
+            post(plans::resolve),
         )
         .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
         .route("/v1/github/catch-up", post(github::catch_up_route))

@@ -204,6 +204,7 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 fn all_projections() -> Vec<Arc<dyn switchyard_projections::Projection>> {
     let mut projections = ProjectionRunner::builtin();
     projections.push(Arc::new(switchyard_proposals::ProposalsProjection));
+    projections.push(Arc::new(switchyard_workflows::WorkflowsProjection));
     projections
 }
 
@@ -290,7 +291,8 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         None => None,
     };
     let dead_letters = switchyard_agents::DeadLetterHandle::default();
-    let agents = switchyard_agents::builtin(github.clone(), dead_letters.clone());
+    let agents =
+        switchyard_agents::builtin(github.clone(), dead_letters.clone(), &settings.workflows);
     let runtime = AgentRuntime::new(
         store.clone(),
         nats.clone(),
@@ -305,6 +307,11 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         tokio::spawn(relay.clone().run(shutdown.clone())),
         tokio::spawn(projections.clone().run(shutdown.clone())),
         tokio::spawn(runtime.clone().run(shutdown.clone())),
+        tokio::spawn(switchyard_agents::watch_deadlines(
+            store.clone(),
+            Duration::from_millis(settings.workflows.deadline_scan_ms.max(50)),
+            shutdown.clone(),
+        )),
     ];
     let ops = Arc::new(ops::ServerOps {
         store: store.clone(),

@@ -33,6 +33,7 @@ const KEYS: &[&str] = &[
     "projections",
     "github",
     "server",
+    "workflows",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +52,7 @@ pub(crate) struct Settings {
     pub(crate) projections: ProjectionSettings,
     pub(crate) github: GitHubSettings,
     pub(crate) server: switchyard_http_api::ServeLimits,
+    pub(crate) workflows: switchyard_agents::WorkflowsConfig,
 }
 
 #[derive(Debug, Deserialize)]
