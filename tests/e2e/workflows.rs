@@ -16,6 +16,8 @@ const CODER: &str = r#"#!/bin/sh
 # A coding agent: records its run, works a second, writes <task>.txt.
 echo "$SWITCHYARD_TASK_ID $SWITCHYARD_ATTEMPT $SWITCHYARD_KIND" >> "$LOG"
 if grep -q '"feedback"' "$SWITCHYARD_TASK_FILE"; then echo "feedback $SWITCHYARD_TASK_ID" >> "$LOG"; fi
+if grep -q 'use the structured logger' "$SWITCHYARD_TASK_FILE"; then echo "message from a person $SWITCHYARD_TASK_ID" >> "$LOG"; fi
+if grep -q 'from the reviewer' "$SWITCHYARD_TASK_FILE"; then echo "message from the reviewer $SWITCHYARD_TASK_ID" >> "$LOG"; fi
 case "$SWITCHYARD_TASK_ID" in
   slow*) sleep 4 ;;
   *) sleep 1 ;;
@@ -37,7 +39,7 @@ exit 1
 const REVIEWER: &str = r#"#!/bin/sh
 # A reviewer that always asks for changes.
 echo "review $SWITCHYARD_TASK_ID $SWITCHYARD_ATTEMPT" >> "$LOG"
-printf '{"verdict":"changes_requested","message":"add a test for the empty input"}' > "$SWITCHYARD_REPORT_FILE"
+printf '{"verdict":"changes_requested","message":"add a test for the empty input","messages":[{"to":"runner-coder","type":"note","content":"from the reviewer: keep functions short"}]}' > "$SWITCHYARD_REPORT_FILE"
 "#;
 
 impl Fixture {
@@ -244,12 +246,54 @@ async fn a_diamond_runs_in_dependency_order_within_its_concurrency_limit() {
              "acceptance": file_check(&["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"])},
         ],
     });
+    // A person's message to the coder reaches its next run, once.
+    let (status, sent) = server
+        .request(
+            "POST",
+            "/v1/workspaces/wf/messages",
+            &[AUTH, ("Content-Type", "application/json")],
+            &json!({"to": "runner-coder", "type": "note",
+                    "content": "please use the structured logger"})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    // The inbox is a projection: wait until it holds the message.
+    for _ in 0..100 {
+        let (_, listed) = server
+            .request(
+                "GET",
+                "/v1/workspaces/wf/messages?recipient=runner-coder",
+                &[AUTH],
+                "",
+            )
+            .await;
+        if listed["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, made) = server.submit_plan(&plan).await;
     assert_eq!(status, 201, "{made}");
     let shown = server
         .wait_plan("diamond", 90, |p| p["status"] != "running")
         .await;
     assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    let seen = fixture
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("message from a person"))
+        .count();
+    assert_eq!(
+        seen,
+        1,
+        "the message reached exactly one run: {:?}",
+        fixture.log()
+    );
+    let acks = server.typed("agent.message.acknowledged.v1").await;
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0].0["agent"], "runner-coder");
+    assert_eq!(acks[0].0["message_id"], sent["message_id"]);
 
     let started = server.typed("task.started.v1").await;
     let completed = server.typed("task.completed.v1").await;
@@ -459,6 +503,20 @@ async fn a_review_loop_stops_after_its_last_cycle_and_escalates() {
         "add a test for the empty input"
     );
     assert!(fixture.log().contains(&"feedback feature".to_owned()));
+    // The reviewer's report sent the coder a message, which its rework run received.
+    let sent = server.typed("agent.message.sent.v1").await;
+    assert!(
+        sent.iter()
+            .any(|(d, _)| d["sender"] == "runner-reviewer" && d["recipient"] == "runner-coder"),
+        "{sent:?}"
+    );
+    assert!(
+        fixture
+            .log()
+            .contains(&"message from the reviewer feature".to_owned()),
+        "{:?}",
+        fixture.log()
+    );
     assert_eq!(shown["status"], "running", "the plan waits for a person");
     server.stop().await;
 }

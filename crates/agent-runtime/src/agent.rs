@@ -5,7 +5,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
-use switchyard_events::{EventType, NewEvent, RecordedEvent, Source, StreamId};
+use switchyard_events::{EventId, EventType, NewEvent, RecordedEvent, Source, StreamId};
+
+use crate::messages::{MESSAGE_ACKNOWLEDGED, MESSAGE_SENT, Message, inbox};
 
 /// The event type that `remember` records.
 pub const MEMORY_RECORDED: &str = "agent.memory.recorded.v1";
@@ -125,6 +127,46 @@ impl WorkContext {
         Ok(())
     }
 
+    /// Takes the messages waiting for this agent in the event's workspace (at most 100) for
+    /// this step, `used_in` naming it: each is acknowledged now, with an id derived from the
+    /// message and the agent, so that of two steps running at once only one gets it — the
+    /// store's idempotency decides — and a retry of the same step (same `used_in`) gets it
+    /// again.
+    pub async fn claim_inbox(&self, used_in: &str) -> Result<Vec<Message>, HandlerError> {
+        let waiting = inbox(
+            self.store.pool(),
+            self.cause.workspace.as_str(),
+            &self.manifest.name,
+            100,
+        )
+        .await?;
+        let mut claimed = Vec::with_capacity(waiting.len());
+        for message in waiting {
+            let ack = acknowledgement(&self.manifest, &self.cause, &message.message_id, used_in)?;
+            let appended = self
+                .store
+                .append(vec![ack])
+                .await
+                .map_err(|e| HandlerError::new(format!("acknowledging a message: {e}")))?;
+            let mine = match appended.first() {
+                Some(a) if a.duplicate => {
+                    let by: Option<String> =
+                        sqlx::query_scalar("SELECT data->>'in' FROM events WHERE position = $1")
+                            .bind(a.position)
+                            .fetch_optional(self.store.pool())
+                            .await?;
+                    by.as_deref() == Some(used_in)
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if mine {
+                claimed.push(message);
+            }
+        }
+        Ok(claimed)
+    }
+
     /// The store's pool, for reads.
     pub fn pool(&self) -> &sqlx::PgPool {
         self.store.pool()
@@ -136,6 +178,32 @@ impl WorkContext {
     }
 }
 
+/// Types every agent may emit without declaring them: memory and messages.
+fn always_allowed(ty: &str) -> bool {
+    ty == MEMORY_RECORDED || ty == MESSAGE_SENT || ty == MESSAGE_ACKNOWLEDGED
+}
+
+/// `agent.message.acknowledged.v1` of `message_id` by the manifest's agent: one per agent and
+/// message, whoever appends it first.
+fn acknowledgement(
+    manifest: &Manifest,
+    cause: &RecordedEvent,
+    message_id: &str,
+    used_in: &str,
+) -> Result<NewEvent, HandlerError> {
+    let data = json!({"message_id": message_id, "agent": manifest.name, "in": used_in});
+    let mut event = build(
+        manifest,
+        cause,
+        MESSAGE_ACKNOWLEDGED,
+        &format!("message/{message_id}"),
+        data,
+    )?;
+    event.id = EventId::parse(&format!("ack:{message_id}:{}", manifest.name))
+        .map_err(|e| HandlerError::new(e.to_string()))?;
+    Ok(event)
+}
+
 fn build(
     manifest: &Manifest,
     cause: &RecordedEvent,
@@ -144,7 +212,7 @@ fn build(
     data: Value,
 ) -> Result<NewEvent, HandlerError> {
     let ty = EventType::parse(ty).map_err(|e| HandlerError::new(e.to_string()))?;
-    if ty.as_str() != MEMORY_RECORDED && !manifest.emits.contains(&ty) {
+    if !always_allowed(ty.as_str()) && !manifest.emits.contains(&ty) {
         return Err(HandlerError::new(format!(
             "agent {} may not emit {ty}: its manifest does not declare it",
             manifest.name
@@ -218,7 +286,7 @@ impl<'t> Context<'t> {
     /// correlation. As with [`emit`](Self::emit), the type must be declared, the workspace and
     /// `source` are the handler's, and the handled event is the cause.
     pub fn emit_event(&mut self, mut event: NewEvent) -> Result<(), HandlerError> {
-        if event.ty.as_str() != MEMORY_RECORDED && !self.manifest.emits.contains(&event.ty) {
+        if !always_allowed(event.ty.as_str()) && !self.manifest.emits.contains(&event.ty) {
             return Err(HandlerError::new(format!(
                 "agent {} may not emit {}: its manifest does not declare it",
                 self.manifest.name, event.ty
@@ -234,6 +302,54 @@ impl<'t> Context<'t> {
         event.traceparent = self.cause.traceparent.clone();
         self.emitted.push(event);
         Ok(())
+    }
+
+    /// The messages waiting for this agent in the handled event's workspace (at most 100),
+    /// oldest first.
+    pub async fn inbox(&mut self) -> Result<Vec<Message>, HandlerError> {
+        Ok(inbox(
+            &mut *self.tx,
+            self.cause.workspace.as_str(),
+            &self.manifest.name,
+            100,
+        )
+        .await?)
+    }
+
+    /// Acknowledges a message (once per agent: the event's id is derived from both), noting
+    /// where it was used.
+    pub fn acknowledge(&mut self, message_id: &str, used_in: &str) -> Result<(), HandlerError> {
+        let event = acknowledgement(self.manifest, self.cause, message_id, used_in)?;
+        self.emitted.push(event);
+        Ok(())
+    }
+
+    /// Sends a message to `recipient` (an agent's name, or `*` for every agent); returns its
+    /// id.
+    pub fn send_message(
+        &mut self,
+        recipient: &str,
+        kind: &str,
+        content: Value,
+        reply_to: Option<&str>,
+    ) -> Result<String, HandlerError> {
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let mut data = json!({
+            "message_id": message_id, "sender": self.manifest.name, "recipient": recipient,
+            "type": kind, "content": content,
+        });
+        if let Some(reply_to) = reply_to {
+            data["reply_to"] = json!(reply_to);
+        }
+        let event = build(
+            self.manifest,
+            self.cause,
+            MESSAGE_SENT,
+            &format!("message/{message_id}"),
+            data,
+        )?;
+        self.emitted.push(event);
+        Ok(message_id)
     }
 
     /// One stream per remembered key, `agent/<name>/memory/<key>` (the key's SHA-256 when it

@@ -13,6 +13,7 @@
 //!   (`agent.failed.v1` and a `dead_letters` row, in one transaction) and terminated.
 
 mod agent;
+mod messages;
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,6 +33,7 @@ use switchyard_store::EventStore;
 use tokio_util::sync::CancellationToken;
 
 pub use agent::{Agent, Context, HandlerError, MEMORY_RECORDED, Manifest, WorkContext};
+pub use messages::{MESSAGE_ACKNOWLEDGED, MESSAGE_SENT, Message, inbox};
 
 /// The workspace that holds Switchyard's own events (agent registrations).
 pub const SYSTEM_WORKSPACE: &str = "system";

@@ -486,6 +486,40 @@ impl RunnerAgent {
         env
     }
 
+    fn run_dir(&self, event: &RecordedEvent) -> PathBuf {
+        let data = &event.data;
+        self.shared
+            .work_dir
+            .join(event.workspace.as_str())
+            .join(field(data, "plan_id"))
+            .join("runs")
+            .join(format!(
+                "{}-{}",
+                field(data, "task_id"),
+                data["attempt"].as_u64().unwrap_or(1)
+            ))
+    }
+
+    /// Does one run, with the messages it claimed from the agent's inbox in its task file; the
+    /// outcome says which messages the agent's report asks to send.
+    async fn work_on(
+        &self,
+        work: &WorkContext,
+        event: &RecordedEvent,
+    ) -> Result<Value, HandlerError> {
+        if field(&event.data, "agent") != self.manifest.name {
+            return Ok(json!({"skip": "dispatched to another agent"}));
+        }
+        let mut outcome = self.run_task(work, event).await?;
+        if outcome.get("type").is_some() {
+            let report = read_report(&self.run_dir(event).join("report.json"));
+            if let Some(send) = report["messages"].as_array() {
+                outcome["send"] = json!(send.iter().take(20).collect::<Vec<_>>());
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Does one dispatched run; returns the outcome's type and data (or a skip).
     async fn run_task(
         &self,
@@ -493,9 +527,6 @@ impl RunnerAgent {
         event: &RecordedEvent,
     ) -> Result<Value, HandlerError> {
         let data = &event.data;
-        if field(data, "agent") != self.manifest.name {
-            return Ok(json!({"skip": "dispatched to another agent"}));
-        }
         let (plan_id, task_id) = (field(data, "plan_id"), field(data, "task_id"));
         let attempt = data["attempt"].as_u64().unwrap_or(1);
         let workspace = event.workspace.as_str();
@@ -524,10 +555,16 @@ impl RunnerAgent {
                 () = work.shutdown().cancelled() => return Err(HandlerError::new("shutting down")),
             }
         }
+        // The messages for this step (claimed once, whichever run of this agent comes first).
+        let messages = work
+            .claim_inbox(&format!(
+                "plan {plan_id}, task {task_id}, attempt {attempt}"
+            ))
+            .await?;
         let kind = field(data, "kind").to_owned();
         let plan_dir = self.shared.work_dir.join(workspace).join(plan_id);
         let tree = plan_dir.join("tree").join(field(data, "root_task_id"));
-        let run_dir = plan_dir.join("runs").join(format!("{task_id}-{attempt}"));
+        let run_dir = self.run_dir(event);
         let outcome_base = json!({
             "plan_id": plan_id, "task_id": task_id, "attempt": attempt, "kind": kind,
             "agent": self.manifest.name,
@@ -598,6 +635,7 @@ impl RunnerAgent {
             }
         }
         task_file["workdir"] = json!(tree.to_string_lossy());
+        task_file["messages"] = json!(messages);
         let task_file_path = run_dir.join("task.json");
         let report_path = run_dir.join("report.json");
         let _ = std::fs::remove_file(&report_path);
@@ -814,7 +852,7 @@ impl Agent for RunnerAgent {
         work: &'a WorkContext,
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<Value, HandlerError>> {
-        Box::pin(self.run_task(work, event))
+        Box::pin(self.work_on(work, event))
     }
 
     fn handle<'a>(
@@ -830,7 +868,24 @@ impl Agent for RunnerAgent {
                 return Ok(()); // skipped
             };
             let plan_id = field(&event.data, "plan_id");
-            ctx.emit(ty, &stream(plan_id), data.clone())
+            ctx.emit(ty, &stream(plan_id), data.clone())?;
+            for message in output["send"].as_array().into_iter().flatten() {
+                let to = message["to"].as_str().unwrap_or_default();
+                let kind = message["type"].as_str().unwrap_or("note");
+                let valid_to = to == "*" || switchyard_workflows::valid_role(to);
+                let valid_kind = !kind.is_empty()
+                    && kind.len() <= 63
+                    && kind.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)
+                    });
+                if !valid_to || !valid_kind {
+                    tracing::warn!(agent = %self.manifest.name, to, kind, "the report asks to send a message with an invalid recipient or type; not sent");
+                    continue;
+                }
+                let content = message.get("content").cloned().unwrap_or(Value::Null);
+                ctx.send_message(to, kind, content, message["reply_to"].as_str())?;
+            }
+            Ok(())
         })
     }
 }

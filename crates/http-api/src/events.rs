@@ -56,6 +56,14 @@ fn owned_elsewhere(ty: &str) -> Option<&'static str> {
         "proposal.merged.v1" | "proposal.closed.v1" | "github.command.v1" => "the github agent",
         "git.commit.v1" | "git.commit_failed.v1" => "the git agent",
         "agent.registered.v1" | "agent.failed.v1" => "the agent runtime",
+        "plan.submitted.v1" | "plan.cancelled.v1" => {
+            "POST /v1/workspaces/{ws}/plans and …/plans/{id}/cancel"
+        }
+        "task.resolved.v1" => "POST /v1/workspaces/{ws}/plans/{id}/tasks/{task}/resolve",
+        "task.dispatched.v1" | "task.branched.v1" | "task.escalated.v1" | "plan.finished.v1" => {
+            "the orchestrator"
+        }
+        "task.timed_out.v1" => "the deadline watcher",
         t if t.starts_with("github.") => "POST /v1/github/webhook",
         _ => return None,
     })

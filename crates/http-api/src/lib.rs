@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod events;
 mod github;
+mod messages;
 mod ops;
 mod plans;
 mod proposals;
@@ -248,6 +249,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/workspaces/{ws}/plans/{id}/tasks/{task}/resolve",
             post(plans::resolve),
+        )
+        .route(
+            "/v1/workspaces/{ws}/messages",
+            post(messages::send).get(messages::list),
         )
         .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
         .route("/v1/github/catch-up", post(github::catch_up_route))

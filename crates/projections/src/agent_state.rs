@@ -1,7 +1,7 @@
 //! Agent state: each agent's manifest as last registered, what it remembers, how active it is
 //! (events it emitted, events it gave up on), and how its proposals fare (made, approved,
 //! rejected — the approval rate is approved / (approved + rejected) — and the last rejection
-//! reason).
+//! reason), and the messages agents send each other (with who acknowledged them).
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -48,6 +48,26 @@ CREATE TABLE proposals (
     rejected     bigint NOT NULL DEFAULT 0,
     last_rejection_reason text,
     PRIMARY KEY (workspace, agent)
+);
+CREATE TABLE messages (
+    workspace    text NOT NULL,
+    message_id   text NOT NULL,
+    sender       text NOT NULL,
+    recipient    text NOT NULL,
+    kind         text NOT NULL,
+    content      jsonb NOT NULL,
+    reply_to     text,
+    sent_at      timestamptz NOT NULL,
+    position     bigint NOT NULL,
+    PRIMARY KEY (workspace, message_id)
+);
+CREATE INDEX messages_by_recipient ON messages (workspace, recipient, position);
+CREATE TABLE message_acks (
+    workspace        text NOT NULL,
+    message_id       text NOT NULL,
+    agent            text NOT NULL,
+    acknowledged_at  timestamptz NOT NULL,
+    PRIMARY KEY (workspace, message_id, agent)
 );
 CREATE TABLE activity (
     workspace    text NOT NULL,
@@ -166,6 +186,37 @@ impl Projection for AgentState {
                     } else {
                         Some(text(data, "reason"))
                     })
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "agent.message.sent.v1" => {
+                    sqlx::query(
+                        "INSERT INTO messages (workspace, message_id, sender, recipient, kind,
+                                               content, reply_to, sent_at, position)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event.workspace.as_str())
+                    .bind(text(data, "message_id"))
+                    .bind(text(data, "sender"))
+                    .bind(text(data, "recipient"))
+                    .bind(text(data, "type"))
+                    .bind(data.get("content").cloned().unwrap_or(Value::Null))
+                    .bind(data.get("reply_to").and_then(Value::as_str))
+                    .bind(event.time)
+                    .bind(event.position)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "agent.message.acknowledged.v1" => {
+                    sqlx::query(
+                        "INSERT INTO message_acks (workspace, message_id, agent, acknowledged_at)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(event.workspace.as_str())
+                    .bind(text(data, "message_id"))
+                    .bind(text(data, "agent"))
+                    .bind(event.time)
                     .execute(&mut *tx)
                     .await?;
                 }

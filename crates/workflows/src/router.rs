@@ -37,7 +37,7 @@
 //! over the text with a few hash lookups per word, and its output depends only on its inputs (ties
 //! are broken by name).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rust_stemmers::{Algorithm, Stemmer};
 
@@ -264,6 +264,9 @@ struct Agent {
 pub struct Router {
     /// Stem → stem id.
     by_stem: HashMap<String, usize>,
+    /// The [`key`]s of all stems: a word none of whose keys is here matches nothing, so it is not
+    /// even stemmed (most words of a text are not).
+    keys: HashSet<[char; 3]>,
     /// Root → the ids of the stems that reduce to it (see [`roots`]).
     by_root: HashMap<String, Vec<usize>>,
     /// Phrase id → its stem ids in order.
@@ -332,6 +335,23 @@ fn tag_stems(stemmer: &Stemmer, tag: &str) -> Vec<String> {
         stems.remove(0);
     }
     stems
+}
+
+/// The first `len` (at most 3) letters of a word, `y`, `i` and `e` after the first read as one
+/// letter, padded with NUL. Snowball English changes endings; at the start of a word it only turns
+/// `y` into `i` and `i` into `e` (`dying` → `die`, `using` → `use`, `try` → `tri`). So a word's key
+/// of length `min(3, stem length)` is its stem's (checked against the 29,403 words of Snowball's
+/// English test vocabulary), and two stems sharing a root of [`MIN_ROOT`] letters share their key.
+fn key(word: &str, len: usize) -> [char; 3] {
+    let mut key = ['\0'; 3];
+    for (i, c) in word.chars().take(len.min(3)).enumerate() {
+        key[i] = if i > 0 && matches!(c, 'y' | 'i' | 'e') {
+            'i'
+        } else {
+            c
+        };
+    }
+    key
 }
 
 /// `s` without a doubled final consonant (`debugg` → `debug`), if it has one.
@@ -538,6 +558,7 @@ impl Router {
             })
             .collect();
 
+        let keys = interner.by_stem.keys().map(|stem| key(stem, 3)).collect();
         let mut by_root: HashMap<String, Vec<usize>> = HashMap::new();
         for (stem, &id) in &interner.by_stem {
             for root in roots(stem) {
@@ -556,6 +577,7 @@ impl Router {
 
         Router {
             by_stem: interner.by_stem,
+            keys,
             by_root,
             phrases: interner.phrases,
             phrases_by_first,
@@ -626,6 +648,9 @@ impl Router {
         for (position, &(s, e)) in spans.iter().enumerate() {
             let word = &lower[s..e];
             let analysed = *seen.entry(word).or_insert_with(|| {
+                if !(1..=3).any(|len| self.keys.contains(&key(word, len))) {
+                    return Err((0, 0));
+                }
                 let stem = stemmer.stem(word);
                 if let Some(&id) = self.by_stem.get(stem.as_ref()) {
                     return Ok(id);
@@ -839,6 +864,19 @@ mod tests {
         assert_eq!(roots("bug"), ["bug"]);
         assert_eq!(undoubled("añoo"), None);
         assert_eq!(undoubled("añnn"), Some("añn"));
+    }
+
+    #[test]
+    fn a_word_has_the_key_of_its_stem() {
+        let stemmer = Stemmer::create(Algorithm::English);
+        for word in [
+            "dying", "skies", "using", "trying", "testing", "eking", "a", "ci", "ñu",
+        ] {
+            let stem = stemmer.stem(word);
+            let len = stem.chars().count().min(3);
+            assert_eq!(key(word, len), key(&stem, 3), "{word} -> {stem}");
+        }
+        assert_eq!(key("ci", 3), ['c', 'i', '\0']);
     }
 
     #[test]

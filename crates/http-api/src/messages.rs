@@ -1,0 +1,126 @@
+//! Agent-to-agent messages, as people send and read them: `POST …/messages` sends one (as
+//! `user:<token name>`), `GET …/messages` lists them with who acknowledged each.
+
+use axum::{
+    Extension, Json,
+    body::Bytes,
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchyard_events::{EventType, NewEvent, Source, StreamId};
+
+use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    to: String,
+    #[serde(rename = "type", default = "note")]
+    kind: String,
+    content: Value,
+    reply_to: Option<String>,
+}
+
+fn note() -> String {
+    "note".into()
+}
+
+/// `POST /v1/workspaces/{ws}/messages`: 201 once `agent.message.sent.v1` is committed.
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(workspace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let workspace = state
+        .existing_workspace(&principal, &workspace, Scope::Propose)
+        .await?;
+    let body: SendBody = serde_json::from_value(parse_json(&body?)?).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_message",
+            e.to_string(),
+        )
+    })?;
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let mut data = json!({
+        "message_id": message_id, "sender": format!("user:{}", principal.name),
+        "recipient": body.to, "type": body.kind, "content": body.content,
+    });
+    if let Some(reply_to) = body.reply_to {
+        data["reply_to"] = json!(reply_to);
+    }
+    let event = NewEvent::new(
+        workspace,
+        Source::parse("/api").map_err(ApiError::from)?,
+        EventType::parse("agent.message.sent.v1").map_err(ApiError::from)?,
+        StreamId::parse(&format!("message/{message_id}")).map_err(ApiError::from)?,
+        data,
+    );
+    state.store.append(vec![event]).await.map_err(|e| {
+        let mut error = ApiError::from_store(e, false);
+        error.strip_pointer_prefix("/data");
+        error
+    })?;
+    Ok((StatusCode::CREATED, Json(json!({"message_id": message_id}))).into_response())
+}
+
+/// Query of the list.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    recipient: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+struct Row {
+    message_id: String,
+    sender: String,
+    recipient: String,
+    #[serde(rename = "type")]
+    kind: String,
+    content: Value,
+    reply_to: Option<String>,
+    sent_at: chrono::DateTime<chrono::Utc>,
+    acknowledged_by: Vec<String>,
+}
+
+/// `GET /v1/workspaces/{ws}/messages?recipient=`: newest first.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(workspace): Path<String>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let workspace = state
+        .existing_workspace(&principal, &workspace, Scope::Read)
+        .await?;
+    let Query(query) = query?;
+    let limit = query
+        .limit
+        .unwrap_or(state.config.default_page)
+        .clamp(1, state.config.max_page);
+    let messages: Vec<Row> = sqlx::query_as(
+        "SELECT m.message_id, m.sender, m.recipient, m.kind, m.content, m.reply_to, m.sent_at,
+                coalesce(array_agg(a.agent ORDER BY a.agent) FILTER (WHERE a.agent IS NOT NULL), '{}') AS acknowledged_by
+         FROM proj_agent_state.messages m
+         LEFT JOIN proj_agent_state.message_acks a
+                ON a.workspace = m.workspace AND a.message_id = m.message_id
+         WHERE m.workspace = $1 AND ($2::text IS NULL OR m.recipient = $2)
+         GROUP BY m.workspace, m.message_id
+         ORDER BY max(m.position) DESC LIMIT $3",
+    )
+    .bind(workspace.as_str())
+    .bind(query.recipient.as_deref())
+    .bind(i64::from(limit))
+    .fetch_all(state.store.pool())
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(json!({ "messages": messages })).into_response())
+}
