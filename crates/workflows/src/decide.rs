@@ -485,3 +485,270 @@ fn dispatch(
         data,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::types::*;
+    use serde_json::json;
+
+    fn agents() -> Vec<Candidate> {
+        ["coder", "debugger", "reviewer"]
+            .iter()
+            .map(|r| Candidate {
+                name: format!("runner-{r}"),
+                capabilities: vec![format!("role:{r}")],
+            })
+            .collect()
+    }
+
+    struct Plan {
+        state: PlanState,
+        agents: Vec<Candidate>,
+        router: Router,
+        now: DateTime<Utc>,
+    }
+
+    impl Plan {
+        fn new(plan: Value) -> Self {
+            let now = Utc::now();
+            let data = json!({"plan_id": "p", "submitted_by": "t", "plan": plan});
+            let state = PlanState::fold([PlanEvent {
+                ty: PLAN_SUBMITTED,
+                data: &data,
+                time: now,
+                version: 1,
+                correlation_id: "c",
+            }])
+            .unwrap();
+            let agents = agents();
+            let router = Router::new(&agents);
+            Self {
+                state,
+                agents,
+                router,
+                now,
+            }
+        }
+
+        /// Applies an outcome as if a runner reported it.
+        fn apply(&mut self, ty: &str, data: Value) {
+            let version = self.state.version + 1;
+            self.state.apply(PlanEvent {
+                ty,
+                data: &data,
+                time: self.now,
+                version,
+                correlation_id: "c",
+            });
+        }
+
+        /// Reconciles and applies the decisions; returns them as (type, task).
+        fn step(&mut self) -> Vec<(String, String)> {
+            let decisions = reconcile(
+                &self.state,
+                &ReconcileContext {
+                    now: self.now,
+                    agents: &self.agents,
+                    router: &self.router,
+                    retry_backoff: Duration::from_secs(2),
+                    silence_grace: Duration::from_secs(30),
+                },
+            );
+            let mut out = Vec::new();
+            for d in decisions {
+                out.push((
+                    d.ty.to_owned(),
+                    d.data["task_id"].as_str().unwrap_or_default().to_owned(),
+                ));
+                self.apply(d.ty, d.data);
+            }
+            out
+        }
+
+        fn attempt(&self, task: &str) -> u32 {
+            self.state
+                .task(task)
+                .unwrap()
+                .current
+                .as_ref()
+                .unwrap()
+                .attempt
+        }
+
+        fn complete(&mut self, task: &str) {
+            let attempt = self.attempt(task);
+            self.apply(
+                TASK_COMPLETED,
+                json!({"task_id": task, "attempt": attempt, "commit": format!("sha-{task}")}),
+            );
+        }
+    }
+
+    fn dispatched(tasks: &[&str]) -> Vec<(String, String)> {
+        tasks
+            .iter()
+            .map(|t| (TASK_DISPATCHED.to_owned(), (*t).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn per_role_limits_hold_and_the_plan_finishes_once() {
+        let mut plan = Plan::new(
+            json!({"title": "t", "concurrency": {"global": 3, "per_role": {"coder": 1}},
+            "tasks": [
+                {"id": "a", "title": "a", "role": "coder"},
+                {"id": "b", "title": "b", "role": "coder"},
+                {"id": "r", "title": "r", "role": "reviewer"},
+            ]}),
+        );
+        assert_eq!(plan.step(), dispatched(&["a", "r"]), "one coder at a time");
+        assert_eq!(
+            plan.step(),
+            vec![],
+            "a second reconcile decides nothing new"
+        );
+        plan.complete("a");
+        assert_eq!(plan.step(), dispatched(&["b"]));
+        plan.complete("b");
+        plan.complete("r");
+        assert_eq!(plan.step(), vec![(PLAN_FINISHED.to_owned(), String::new())]);
+        assert_eq!(plan.state.status, PlanStatus::Succeeded);
+        assert_eq!(plan.step(), vec![]);
+    }
+
+    #[test]
+    fn a_silent_run_times_out_and_is_retried_with_backoff_then_escalated() {
+        let mut plan = Plan::new(json!({"title": "t", "tasks": [
+            {"id": "a", "title": "a", "role": "coder", "max_attempts": 2}]}));
+        plan.step();
+        plan.apply(TASK_TIMED_OUT, json!({"task_id": "a", "attempt": 1}));
+        assert_eq!(plan.state.task("a").unwrap().cause, Some(Cause::Timeout));
+        let decisions = reconcile(
+            &plan.state,
+            &ReconcileContext {
+                now: plan.now,
+                agents: &plan.agents,
+                router: &plan.router,
+                retry_backoff: Duration::from_secs(2),
+                silence_grace: Duration::from_secs(30),
+            },
+        );
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(decisions[0].data["kind"], "work");
+        assert_eq!(decisions[0].data["attempt"], 2);
+        let not_before: DateTime<Utc> = decisions[0].data["not_before"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(not_before - plan.now, chrono::Duration::seconds(2));
+        plan.step();
+        // A late report of the first attempt changes nothing.
+        plan.apply(TASK_COMPLETED, json!({"task_id": "a", "attempt": 1}));
+        assert_eq!(plan.state.task("a").unwrap().status, TaskStatus::Dispatched);
+        plan.apply(TASK_TIMED_OUT, json!({"task_id": "a", "attempt": 2}));
+        assert_eq!(
+            plan.step(),
+            vec![(TASK_ESCALATED.to_owned(), "a".to_owned())]
+        );
+        let reason = plan.state.task("a").unwrap().escalation.clone().unwrap();
+        assert!(
+            reason.starts_with("failed 2 of 2 attempts; last cause timeout"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_branch_blocks_the_dependants_and_its_success_verifies_the_parent() {
+        let mut plan = Plan::new(json!({"title": "t", "tasks": [
+            {"id": "a", "title": "a", "role": "coder"},
+            {"id": "b", "title": "b", "role": "coder", "depends_on": ["a"]}]}));
+        plan.step();
+        plan.apply(
+            TASK_FAILED,
+            json!({"task_id": "a", "attempt": 1, "phase": "command", "exit_code": 127}),
+        );
+        assert_eq!(
+            plan.step(),
+            vec![
+                (TASK_BRANCHED.to_owned(), "a~1".to_owned()),
+                (TASK_DISPATCHED.to_owned(), "a~1".to_owned())
+            ]
+        );
+        assert_eq!(
+            plan.state.task("a").unwrap().cause,
+            Some(Cause::MissingDependency)
+        );
+        plan.complete("a~1");
+        assert_eq!(plan.step(), dispatched(&["a"]));
+        assert_eq!(
+            plan.state.task("a").unwrap().current.as_ref().unwrap().kind,
+            RunKind::Verify
+        );
+        plan.complete("a");
+        assert_eq!(plan.step(), dispatched(&["b"]));
+    }
+
+    #[test]
+    fn cancelling_finishes_the_plan_and_dispatches_nothing_more() {
+        let mut plan = Plan::new(json!({"title": "t", "tasks": [
+            {"id": "a", "title": "a", "role": "coder"},
+            {"id": "b", "title": "b", "role": "coder", "depends_on": ["a"]}]}));
+        plan.step();
+        plan.apply(
+            PLAN_CANCELLED,
+            json!({"plan_id": "p", "cancelled_by": "alice"}),
+        );
+        assert_eq!(plan.step(), vec![(PLAN_FINISHED.to_owned(), String::new())]);
+        assert_eq!(plan.state.status, PlanStatus::Cancelled);
+        plan.complete("a");
+        assert_eq!(plan.step(), vec![]);
+    }
+
+    #[test]
+    fn a_role_nobody_serves_is_escalated_and_skip_lets_dependants_run() {
+        let mut plan = Plan::new(json!({"title": "t", "tasks": [
+            {"id": "a", "title": "a", "role": "painter"},
+            {"id": "b", "title": "b", "role": "coder", "depends_on": ["a"]}]}));
+        assert_eq!(
+            plan.step(),
+            vec![(TASK_ESCALATED.to_owned(), "a".to_owned())]
+        );
+        plan.apply(
+            TASK_RESOLVED,
+            json!({"task_id": "a", "action": "skip", "resolved_by": "p"}),
+        );
+        assert_eq!(plan.step(), dispatched(&["b"]));
+    }
+
+    #[test]
+    fn failures_are_classified_from_the_report() {
+        let cases = [
+            (
+                json!({"reported_cause": "spec_mismatch", "timed_out": true}),
+                Cause::SpecMismatch,
+            ),
+            (json!({"timed_out": true}), Cause::Timeout),
+            (json!({"flaky": true}), Cause::Flaky),
+            (json!({"phase": "setup"}), Cause::MissingDependency),
+            (json!({"exit_code": 127}), Cause::MissingDependency),
+            (
+                json!({"output_tail": "ModuleNotFoundError: No module named 'x'"}),
+                Cause::MissingDependency,
+            ),
+            (
+                json!({"output_tail": "assertion failed: expected 3, got 4"}),
+                Cause::SpecMismatch,
+            ),
+            (
+                json!({"exit_code": 1, "output_tail": "panicked at src/lib.rs"}),
+                Cause::ImplementationBug,
+            ),
+        ];
+        for (report, cause) in cases {
+            assert_eq!(classify(&report), cause, "{report}");
+        }
+    }
+}

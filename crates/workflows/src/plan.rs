@@ -600,7 +600,7 @@ mod tests {
         let issues = validate(&p, &roles());
         assert_eq!(issues.len(), 1, "{issues:?}");
         assert_eq!(issues[0].code, "dependency_cycle");
-        assert_eq!(issues[0].message, "dependency cycle: c → b → a → c");
+        assert_eq!(issues[0].message, "dependency cycle: a → c → b → a");
     }
 
     #[test]

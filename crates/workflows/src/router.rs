@@ -1,41 +1,45 @@
 //! The task router: for the text of a task, it recommends agents from the registry by their capability
 //! tags, each with a score, a confidence and the reasons. It informs, it does not decide: the
-//! orchestrator (or a person) picks, the router explains.
+//! orchestrator (or a person) picks, and the reasons say why the router thinks so.
 //!
 //! # How the score works
-//! Tags and text go through the same analysis: lower-cased, split on anything that is not a letter or a
-//! digit (so `code-review`, `unit_test`, `role:debugger` and `dead link` all split), and each word
+//! Tags and text go through the same analysis: lower-cased, split on anything that is not a letter or
+//! a digit (so `code-review`, `unit_test`, `role:debugger` and "dead link" all split), and each word
 //! reduced to its Snowball English stem, so that "tests", "testing" and "tested" all read `test`. A tag
 //! `role:<name>` contributes the words of `<name>` only.
 //!
-//! Each agent *owns* stems and phrases, each with a weight `w × idf`:
-//! - a one-word tag's stem, `w = 1`; a word of a multi-word tag, `w =` [`COMPONENT_WEIGHT`];
-//! - a multi-word tag as a phrase (its stems in a row), `w =` [`PHRASE_WEIGHT`] plus the weights of
-//!   its words: words that a phrase covers in the text count through the phrase only, and so only for
-//!   the agents that own it ("code review" is no evidence for a coder);
-//! - the related words of [`RELATED`] (or the lexicon given to [`Router::with_related`]) for the stems
-//!   the agent has, `w =` [`RELATED_WEIGHT`] times the weight of the stem they relate to.
+//! Each agent *owns* stems and phrases, each with a weight:
+//! - the stem of a one-word tag: `idf`; a word of a multi-word tag: [`COMPONENT_WEIGHT`] `× idf`;
+//! - a multi-word tag as a phrase (its stems in a row): [`PHRASE_WEIGHT`] `× idf(phrase)` plus the
+//!   weights of its words. Words that a phrase covers in the text count through the phrase only, so
+//!   only for the agents that own it: "code review" is no evidence for an agent tagged `code`;
+//! - the related words of [`RELATED`] (or of the lexicon given to [`Router::with_related`]) of each
+//!   stem it owns: [`RELATED_WEIGHT`] times that stem's weight (a related phrase: `RELATED_WEIGHT ×
+//!   (1 + PHRASE_WEIGHT) × idf(phrase)`).
 //!
 //! `idf` is BM25's inverse document frequency across the candidates, `ln(1 + (N - df + 0.5) / (df +
 //! 0.5))`: what every agent owns counts almost nothing, what one agent owns counts most. An agent's
-//! score is the sum over what it owns of `w × idf × damp(tf)`, where `tf` adds, for each occurrence in
-//! the text, a lead weight `1 + LEAD_BONUS / (1 + position / LEAD_SPAN)` (the opening words of a task
-//! usually say what it is; later ones give context), and `damp(x) = 1 + ln(x)` above 1 so that
+//! score is the sum, over what it owns, of `weight × damp(tf)`, where `tf` adds for each occurrence in
+//! the text a lead weight `1 + LEAD_BONUS / (1 + position / LEAD_SPAN)` (the opening words of a task
+//! usually say what it is, later ones give context), and `damp(x) = 1 + ln(x)` from 1 on, so that
 //! repetition counts less and less. A word that does not match a stem exactly may still match it
-//! *partly* (its occurrence counts [`PARTIAL_WEIGHT`]) when both reduce to the same root of at least
-//! [`MIN_ROOT`] letters by dropping an ending Snowball keeps ([`ENDINGS`], or a doubled consonant):
-//! `tester`/`test`, `failure`/`fail`, `linter`/`lint`, `debugger`/`debug`, but not `plant`/`plan`.
+//! *partly* (the occurrence counts [`PARTIAL_WEIGHT`]) when both reduce to the same root of at least
+//! [`MIN_ROOT`] letters by dropping an ending that Snowball keeps ([`ENDINGS`], or a doubled
+//! consonant): `tester`/`test`, `failure`/`fail`, `linter`/`lint`, `debugger`/`debug`, not
+//! `plant`/`plan`.
 //!
-//! The confidence of a recommendation is `strength × rivalry`. `strength = 1 - exp(-score / s0)`, with
-//! `s0` the idf of a stem that only one agent owns, says how much evidence there is (one such exact
-//! match at the end of a long text gives 0.63). `rivalry = score / (score + rival)` is the
-//! Bradley–Terry chance that this agent rather than its strongest rival fits, where the rival of the
-//! best agent is the runner-up and the rival of every other agent is the best one: a tie gives 0.5, a
-//! clear lead nears 1.
+//! Every agent with a positive score is a candidate; there is no cut-off, the confidence says how
+//! much to trust it. The confidence is `strength × rivalry`: `strength = 1 - exp(-score / s0)`, with
+//! `s0` the idf of a stem that one agent owns, says how much evidence there is (one exact match of
+//! such a stem gives at least 0.63), and `rivalry = score / (score + rival)` is the Bradley–Terry
+//! chance that this agent rather than its strongest rival fits, the rival of the best agent being the
+//! runner-up and that of any other agent the best one: a tie gives 0.5, a clear lead nears 1.
 //!
-//! Everything about the candidates is precomputed in [`Router::new`]; [`Router::recommend`] is one pass
-//! over the text with a few hash lookups per word, and its output depends only on its inputs (ties
-//! are broken by name).
+//! # Cost
+//! Everything about the candidates is precomputed in [`Router::new`]. [`Router::recommend`] is one
+//! pass over the text; each distinct word is analysed once, with a few hash lookups, and is not even
+//! stemmed when its first letters begin no known stem (most words). Its output depends only on its
+//! inputs; ties are broken by name.
 
 use std::collections::{HashMap, HashSet};
 
@@ -63,11 +67,12 @@ pub const ENDINGS: &[&str] = &[
 
 /// The built-in lexicon: for a word an agent's tags contain, words and phrases of software work that
 /// mean nearly the same, so that "retro" finds `retrospective` and "bump" finds `dependencies`. Keys
-/// and words go through the same analysis as tags; a key matches any stem of an agent's tags.
+/// and words go through the same analysis as tags; an agent has a key when its tags have every stem
+/// of it.
 pub const RELATED: &[(&str, &[&str])] = &[
     // Writing code.
     ("implement", &["introduce", "develop", "support"]),
-    ("feature", &["functionality", "capability"]),
+    ("feature", &["functionality"]),
     (
         "refactor",
         &["restructure", "extract", "simplify", "cleanup", "clean up"],
@@ -231,9 +236,9 @@ pub struct Recommendation {
     /// strength times the Bradley–Terry share against the rival, see the module doc); rounded to 4
     /// decimals.
     pub confidence: f64,
-    /// Why, largest contribution first, e.g. `capability `test` matched "tests", "testing" (+2.35)`;
-    /// a quoted word is marked `(related)` when it came from the lexicon and `(partly)` when it matched
-    /// by its root only.
+    /// Why, one line per capability that contributed, largest contribution first, e.g.
+    /// ``capability `test` matched "tests", "testing" (+2.35)``; a quoted word is marked `(related)`
+    /// when it came from the lexicon and `(partly)` when it matched by its root only.
     pub reasons: Vec<String>,
 }
 
@@ -450,13 +455,14 @@ impl Router {
         let stemmer = Stemmer::create(Algorithm::English);
         let mut interner = Interner::default();
 
-        // The lexicon, analysed: key stem → (stems of a related word or phrase).
-        let mut lexicon: Vec<(String, Vec<Vec<usize>>)> = Vec::new();
-        for (key, words) in related {
-            let Some(key) = stems_of(&stemmer, key).into_iter().next() else {
+        // The lexicon, analysed: (the stems of a key, the stems of each of its related words).
+        let mut lexicon: Vec<(Vec<String>, Vec<Vec<usize>>)> = Vec::new();
+        for (word, related_words) in related {
+            let stems = stems_of(&stemmer, word);
+            if stems.is_empty() {
                 continue;
-            };
-            let entries = words
+            }
+            let entries = related_words
                 .iter()
                 .map(|w| {
                     stems_of(&stemmer, w)
@@ -465,7 +471,7 @@ impl Router {
                         .collect()
                 })
                 .collect();
-            lexicon.push((key, entries));
+            lexicon.push((stems, entries));
         }
 
         let mut drafts: Vec<(Draft, Draft)> = Vec::with_capacity(candidates.len());
@@ -492,10 +498,15 @@ impl Router {
             let direct: Vec<(usize, usize, f64)> =
                 stems.iter().map(|&(id, tag, w, _)| (id, tag, w)).collect();
             for (key, entries) in &lexicon {
-                let Some(&key) = interner.by_stem.get(key) else {
-                    continue;
-                };
-                let Some(&(_, tag, w)) = direct.iter().find(|d| d.0 == key) else {
+                // The agent owns every stem of the key; the first one names the tag and the weight.
+                let owned: Option<Vec<(usize, usize, f64)>> = key
+                    .iter()
+                    .map(|stem| {
+                        let id = interner.by_stem.get(stem)?;
+                        direct.iter().find(|d| d.0 == *id).copied()
+                    })
+                    .collect();
+                let Some(&(_, tag, w)) = owned.as_deref().and_then(<[_]>::first) else {
                     continue;
                 };
                 for ids in entries {
@@ -834,6 +845,26 @@ mod tests {
             Router::with_related(&plain, &[])
                 .recommend("a segfault", 1)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_multi_word_key_needs_all_its_stems() {
+        let retro = Candidate {
+            name: "retro".into(),
+            capabilities: vec!["action-item".into()],
+        };
+        let other = Candidate {
+            name: "other".into(),
+            capabilities: vec!["action".into()],
+        };
+        let r = Router::with_related(&[retro, other], &[("action-item", &["follow up"])]);
+        let top = r.recommend("follow up with the owners", 5);
+        assert_eq!(top.len(), 1, "{top:?}");
+        assert_eq!(top[0].agent, "retro");
+        assert!(
+            top[0].reasons[0].contains("\"follow up\" (related)"),
+            "{top:?}"
         );
     }
 
