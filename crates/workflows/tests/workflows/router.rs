@@ -1,6 +1,5 @@
 //! Tests of the task router against the labelled set in `tests/router/tasks.json` at the repository
 //! root, plus its contract: determinism, silence on irrelevant text, reasons, `limit`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use switchyard_workflows::router::{Candidate, Recommendation, Router};
 
