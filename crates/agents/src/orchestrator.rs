@@ -8,7 +8,7 @@
 //! deadline gets `task.timed_out.v1` from `/scheduler` (one per run, whatever the number of
 //! instances, through a deterministic event id), which the orchestrator treats as a failure.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -18,7 +18,9 @@ use switchyard_events::{
 };
 use switchyard_store::EventStore;
 use switchyard_workflows::{
-    PlanSpec, ReconcileContext, load, reconcile, registry, router::Router, stream, types,
+    PlanSpec, ReconcileContext, load, reconcile, registry,
+    router::{Candidate, Router},
+    stream, types,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +47,9 @@ impl Default for OrchestratorConfig {
 pub struct Orchestrator {
     manifest: Manifest,
     config: OrchestratorConfig,
+    /// The router over the registry it was built from: building one costs more than a
+    /// recommendation (about 0.6 ms against 15 µs), and the registry rarely changes.
+    router: std::sync::Mutex<Option<(Vec<Candidate>, Arc<Router>)>>,
 }
 
 fn types_of(names: &[&str]) -> Vec<EventType> {
@@ -86,6 +91,21 @@ impl Orchestrator {
                 ]),
             },
             config,
+            router: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn router(&self, agents: &[Candidate]) -> Arc<Router> {
+        let Ok(mut cached) = self.router.lock() else {
+            return Arc::new(Router::new(agents));
+        };
+        match &*cached {
+            Some((built_from, router)) if built_from == agents => Arc::clone(router),
+            _ => {
+                let router = Arc::new(Router::new(agents));
+                *cached = Some((agents.to_vec(), Arc::clone(&router)));
+                router
+            }
         }
     }
 }
@@ -177,7 +197,7 @@ impl Agent for Orchestrator {
                 return Ok(());
             };
             let agents = registry(ctx.connection()).await?;
-            let router = Router::new(&agents);
+            let router = self.router(&agents);
             let decisions = reconcile(
                 &state,
                 &ReconcileContext {
