@@ -622,3 +622,143 @@ async fn a_plan_survives_sigkill_of_the_server_mid_task() {
     assert_eq!(dead, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn task_text_never_reaches_a_shell_and_other_workspaces_plans_answer_missing() {
+    let fixture = Fixture::new();
+    let server = fixture.server().await;
+    let trap = |name: &str| fixture.dir.join(name);
+    let injected = |name: &str| {
+        format!(
+            "$(touch {}) `touch {}`",
+            trap(name).display(),
+            trap(name).display()
+        )
+    };
+    let plan = json!({
+        "id": "hostile", "title": injected("title-ran"),
+        "tasks": [{
+            "id": "t", "title": injected("task-title-ran"), "role": "coder",
+            "description": format!("; touch {} #", trap("description-ran").display()),
+            "inputs": {"x": injected("input-ran")},
+            // No shell: the check gets the text as one argument, a file name that is not there.
+            "acceptance": [{"run": ["test", "!", "-e", injected("check-ran")], "timeout_secs": 10}],
+        }],
+    });
+    let (status, made) = server.submit_plan(&plan).await;
+    assert_eq!(status, 201, "{made}");
+    let shown = server
+        .wait_plan("hostile", 60, |p| p["status"] != "running")
+        .await;
+    assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    for name in [
+        "title-ran",
+        "task-title-ran",
+        "description-ran",
+        "input-ran",
+        "check-ran",
+    ] {
+        assert!(
+            !trap(name).exists(),
+            "{name}: text from the plan reached a shell"
+        );
+    }
+
+    // Another workspace's token: the plan answers exactly like a missing one, and nothing is
+    // appended.
+    let (status, _) = server
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, ("Content-Type", "application/json")],
+            &json!({"id": "other", "name": "other", "repository": {"kind": "local", "path": "/tmp/other"}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, made) = server
+        .request(
+            "POST",
+            "/v1/tokens",
+            &[AUTH, ("Content-Type", "application/json")],
+            &json!({"name": "mallory", "workspace": "other", "scope": "approve"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let mallory = format!("Bearer {}", made["token"].as_str().unwrap());
+    let mallory = ("Authorization", mallory.as_str());
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut server.db().await)
+        .await
+        .unwrap();
+    let (missing_status, missing) = server
+        .request(
+            "GET",
+            "/v1/workspaces/other/plans/no-such-plan",
+            &[mallory],
+            "",
+        )
+        .await;
+    let (status, body) = server
+        .request("GET", "/v1/workspaces/other/plans/hostile", &[mallory], "")
+        .await;
+    assert_eq!((status, missing_status), (404, 404), "{body}");
+    assert_eq!(body["code"], missing["code"]);
+    let (status, _) = server
+        .request("GET", "/v1/workspaces/wf/plans/hostile", &[mallory], "")
+        .await;
+    assert_eq!(status, 404, "another workspace answers like a missing one");
+    for (path, body) in [
+        (
+            "/v1/workspaces/wf/plans/hostile/cancel",
+            json!({"reason": "x"}),
+        ),
+        (
+            "/v1/workspaces/other/plans/hostile/cancel",
+            json!({"reason": "x"}),
+        ),
+        (
+            "/v1/workspaces/wf/plans/hostile/tasks/t/resolve",
+            json!({"action": "abort"}),
+        ),
+        (
+            "/v1/workspaces/other/plans/hostile/tasks/t/resolve",
+            json!({"action": "abort"}),
+        ),
+    ] {
+        let (status, answer) = server
+            .request(
+                "POST",
+                path,
+                &[mallory, ("Content-Type", "application/json")],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    // A read-scoped token of the plan's own workspace may look, not resolve or cancel.
+    let (status, made) = server
+        .request(
+            "POST",
+            "/v1/tokens",
+            &[AUTH, ("Content-Type", "application/json")],
+            &json!({"name": "reader", "workspace": "wf", "scope": "read"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let reader = format!("Bearer {}", made["token"].as_str().unwrap());
+    let (status, _) = server
+        .request(
+            "POST",
+            "/v1/workspaces/wf/plans/hostile/cancel",
+            &[("Authorization", reader.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(status, 403);
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut server.db().await)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "nothing was appended");
+    server.stop().await;
+}
