@@ -16,7 +16,8 @@ pub use catalog::{Catalog, CatalogError, DataError, Origin, Schema, Violation, s
 pub use envelope::{Cursor, ExpectedVersion, InvalidCursor, JSON, NewEvent, RecordedEvent};
 pub use ids::{EventId, EventType, InvalidId, Source, StreamId, Workspace};
 pub use structured::{
-    InvalidEvent, escape_pointer, is_json_media_type, parse_event, parse_expected_version,
+    BatchError, InvalidEvent, binary_attributes, escape_pointer, is_json_media_type, parse_batch,
+    parse_event, parse_expected_version,
 };
 pub use subjects::{encode_type, subject, type_filter};
 

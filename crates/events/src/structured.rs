@@ -391,3 +391,98 @@ mod tests {
         assert!(!is_json_media_type("application/cloudevents-batch"));
     }
 }
+
+/// Binary mode: the `ce-*` attributes of an HTTP request (header names lowercase, values as
+/// sent) percent-decoded into the attributes of a structured event. Every `%` must start an
+/// escape (`%` and two hex digits), and the decoded bytes must be UTF-8; the pointer names the
+/// attribute. Headers without the `ce-` prefix are skipped.
+pub fn binary_attributes<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Map<String, Value>, InvalidEvent> {
+    let mut attrs = Map::new();
+    for (name, value) in headers {
+        let Some(attr) = name.strip_prefix("ce-") else {
+            continue;
+        };
+        let at = || format!("/{}", escape_pointer(attr));
+        let raw = std::str::from_utf8(value)
+            .ok()
+            .filter(|s| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .ok_or_else(|| {
+                InvalidEvent::at(at(), format!("header {name} must be visible ASCII"))
+            })?;
+        let bytes = raw.as_bytes();
+        let malformed = bytes.iter().enumerate().any(|(i, b)| {
+            *b == b'%'
+                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+        if malformed {
+            return Err(InvalidEvent::at(
+                at(),
+                format!(
+                    "header {name} has a malformed percent-encoding (% must be followed by two hex digits)"
+                ),
+            ));
+        }
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| {
+                InvalidEvent::at(
+                    at(),
+                    format!("header {name} is not valid percent-encoded UTF-8"),
+                )
+            })?;
+        attrs.insert(attr.to_owned(), Value::String(decoded.into_owned()));
+    }
+    Ok(attrs)
+}
+
+/// Why a batch was refused as a whole (before any of its events is looked at).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The body is not a JSON array.
+    #[error("a batch must be a JSON array of CloudEvents")]
+    NotAnArray,
+    /// The array is empty.
+    #[error("a batch must hold at least one event")]
+    Empty,
+    /// More events than allowed.
+    #[error("a batch may hold at most {max} events, this one holds {len}")]
+    TooLarge {
+        /// Events in the batch.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// One event is invalid; its pointer starts with its index.
+    #[error(transparent)]
+    Event(#[from] InvalidEvent),
+}
+
+/// Batch mode: a JSON array of structured CloudEvents, 1 to `max` of them, each parsed by
+/// [`parse_event`]; the first invalid one is named by its index (`/3/type`).
+pub fn parse_batch(
+    value: Value,
+    workspace: &Workspace,
+    max: usize,
+) -> Result<Vec<NewEvent>, BatchError> {
+    let Value::Array(items) = value else {
+        return Err(BatchError::NotAnArray);
+    };
+    if items.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    if items.len() > max {
+        return Err(BatchError::TooLarge {
+            len: items.len(),
+            max,
+        });
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| parse_event(item, workspace).map_err(|e| BatchError::Event(e.in_batch(i))))
+        .collect()
+}

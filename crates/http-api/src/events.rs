@@ -11,8 +11,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use switchyard_events::{Cursor, EventType, NewEvent, Workspace, is_json_media_type, parse_event};
+use serde_json::Value;
+use switchyard_events::{
+    BatchError, Cursor, EventType, NewEvent, Workspace, binary_attributes, is_json_media_type,
+    parse_batch, parse_event,
+};
 use switchyard_store::{Appended, ReadFilter};
 
 use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
@@ -95,30 +98,20 @@ pub(crate) async fn post_events(
     let (events, batch) = if essence == STRUCTURED {
         (vec![parse_event(parse_json(&body)?, &workspace)?], false)
     } else if essence == BATCH {
-        let Value::Array(items) = parse_json(&body)? else {
-            return Err(
-                ApiError::bad_request("a batch must be a JSON array of CloudEvents").at(""),
-            );
-        };
-        if items.is_empty() {
-            return Err(ApiError::bad_request("a batch must hold at least one event").at(""));
-        }
-        let max = state.config.max_batch_events;
-        if items.len() > max {
-            return Err(ApiError::new(
+        let events = parse_batch(
+            parse_json(&body)?,
+            &workspace,
+            state.config.max_batch_events,
+        )
+        .map_err(|e| match e {
+            BatchError::TooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "batch_too_large",
-                format!(
-                    "a batch may hold at most {max} events, this one holds {}",
-                    items.len()
-                ),
-            ));
-        }
-        let events = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| parse_event(item, &workspace).map_err(|e| e.in_batch(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+                e.to_string(),
+            ),
+            BatchError::Event(e) => ApiError::from(e),
+            other => ApiError::bad_request(other.to_string()).at(""),
+        })?;
         (events, true)
     } else if headers.contains_key("ce-specversion") {
         (
@@ -177,37 +170,11 @@ fn parse_binary(
     body: &[u8],
     workspace: &Workspace,
 ) -> Result<NewEvent, ApiError> {
-    let mut attrs = Map::new();
-    for (name, value) in headers {
-        let Some(attr) = name.as_str().strip_prefix("ce-") else {
-            continue;
-        };
-        let raw = value.to_str().map_err(|_| {
-            ApiError::bad_request(format!("header {name} must be visible ASCII"))
-                .at(format!("/{attr}"))
-        })?;
-        // `%` must start an escape (`%` and two hex digits); the decoder would keep a bad one
-        // as it is.
-        let bytes = raw.as_bytes();
-        let malformed = bytes.iter().enumerate().any(|(i, b)| {
-            *b == b'%'
-                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-        });
-        if malformed {
-            return Err(ApiError::bad_request(format!(
-                "header {name} has a malformed percent-encoding (% must be followed by two hex digits)"
-            ))
-            .at(format!("/{attr}")));
-        }
-        let decoded = percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| {
-                ApiError::bad_request(format!("header {name} is not valid percent-encoded UTF-8"))
-                    .at(format!("/{attr}"))
-            })?;
-        attrs.insert(attr.to_owned(), Value::String(decoded.into_owned()));
-    }
+    let mut attrs = binary_attributes(
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+    )?;
     if !content_type.is_empty() {
         if !is_json_media_type(content_type) {
             return Err(ApiError::new(

@@ -1,12 +1,13 @@
 //! Property tests (the fuzzing of this crate; `cargo fuzz` needs a nightly toolchain): the
-//! CloudEvents parser never panics, and what it accepts is well formed. `PROPTEST_CASES` sets
+//! CloudEvents parser never panics in any of the three modes (structured, batch, binary), and
+//! what it accepts is well formed. `PROPTEST_CASES` sets
 //! the budget (`scripts/test --slow` raises it); failures are kept in `proptest-regressions/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use switchyard_events::{Workspace, parse_event};
+use switchyard_events::{BatchError, Workspace, binary_attributes, parse_batch, parse_event};
 
 /// Arbitrary JSON, nested a few levels.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -91,11 +92,82 @@ proptest! {
         }
     }
 
+    /// Batch mode: the whole batch or nothing, and a refusal names the first bad event.
     #[test]
-    fn a_batch_is_parsed_event_by_event(events in prop::collection::vec(cloudevent(), 0..16)) {
+    fn a_batch_is_parsed_whole_or_refused_naming_its_first_bad_event(
+        events in prop::collection::vec(cloudevent(), 0..16),
+        max in 1usize..20,
+    ) {
         let ws = Workspace::parse("fuzz").unwrap();
-        for event in events {
-            let _ = parse_event(event, &ws);
+        let len = events.len();
+        match parse_batch(Value::Array(events.clone()), &ws, max) {
+            Ok(parsed) => {
+                prop_assert_eq!(parsed.len(), len);
+                prop_assert!(len >= 1 && len <= max);
+            }
+            Err(BatchError::Empty) => prop_assert_eq!(len, 0),
+            Err(BatchError::TooLarge { len: l, max: m }) => {
+                prop_assert_eq!((l, m), (len, max));
+                prop_assert!(len > max);
+            }
+            Err(BatchError::Event(e)) => {
+                let index: usize = e.pointer[1..].split('/').next().unwrap().parse().unwrap();
+                prop_assert!(parse_event(events[index].clone(), &ws).is_err());
+                for earlier in &events[..index] {
+                    prop_assert!(parse_event(earlier.clone(), &ws).is_ok());
+                }
+            }
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+
+    /// A batch body that is not an array is refused as such.
+    #[test]
+    fn a_batch_that_is_not_an_array_is_refused(value in json_value()) {
+        let ws = Workspace::parse("fuzz").unwrap();
+        if !value.is_array() {
+            prop_assert_eq!(parse_batch(value, &ws, 10).unwrap_err(), BatchError::NotAnArray);
+        }
+    }
+
+    /// Binary mode: percent-encoded header values decode to exactly what was encoded.
+    #[test]
+    fn binary_attributes_decode_what_was_encoded(
+        attrs in prop::collection::btree_map("[a-z][a-z0-9]{0,11}", ".{0,60}", 0..8),
+    ) {
+        let encoded: Vec<(String, Vec<u8>)> = attrs
+            .iter()
+            .map(|(k, v)| {
+                let value = percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC);
+                (format!("ce-{k}"), value.to_string().into_bytes())
+            })
+            .collect();
+        let decoded = binary_attributes(encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        prop_assert_eq!(decoded.len(), attrs.len());
+        for (k, v) in &attrs {
+            prop_assert_eq!(decoded.get(k), Some(&json!(v)));
+        }
+    }
+
+    /// Binary mode: any header bytes are decoded or refused naming the attribute, and what is
+    /// accepted then follows the structured rules.
+    #[test]
+    fn any_binary_headers_are_decoded_or_refused_with_a_pointer(
+        headers in prop::collection::vec(("ce-[a-z]{1,8}|content-type|x-[a-z]{1,4}", prop::collection::vec(any::<u8>(), 0..40)), 0..8),
+    ) {
+        let ws = Workspace::parse("fuzz").unwrap();
+        match binary_attributes(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()))) {
+            Ok(attrs) => {
+                prop_assert!(attrs.len() <= headers.len());
+                let _ = parse_event(Value::Object(attrs), &ws);
+            }
+            Err(e) => {
+                prop_assert!(e.pointer.starts_with('/'));
+                let named = headers
+                    .iter()
+                    .any(|(k, _)| k.strip_prefix("ce-").is_some_and(|a| e.pointer == ["/", a].concat()));
+                prop_assert!(named, "{e:?}");
+            }
         }
     }
 }
