@@ -171,3 +171,39 @@ proptest! {
         }
     }
 }
+
+/// The corpus: CloudEvents kept because they once mattered (hand-picked hostile cases, and
+/// whatever the fuzzing finds), replayed on every run. A file
+/// `<structured|batch|binary>-<name>.<valid|invalid>.json`; binary cases are an object of
+/// headers.
+#[test]
+fn the_corpus_is_replayed() {
+    let ws = Workspace::parse("fuzz").unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/properties/corpus");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (mode, rest) = name.split_once('-').unwrap();
+        let valid = rest.split('.').nth(1).unwrap() == "valid";
+        let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let accepted = match mode {
+            "structured" => parse_event(value, &ws).is_ok(),
+            "batch" => parse_batch(value, &ws, 10).is_ok(),
+            "binary" => {
+                let headers: Vec<(String, String)> = value
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect();
+                binary_attributes(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+                    .is_ok_and(|attrs| parse_event(Value::Object(attrs), &ws).is_ok())
+            }
+            other => panic!("{name}: unknown mode {other}"),
+        };
+        assert_eq!(accepted, valid, "{name}");
+        replayed += 1;
+    }
+    assert!(replayed >= 10, "the corpus holds {replayed} events");
+}

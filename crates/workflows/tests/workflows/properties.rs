@@ -180,3 +180,27 @@ proptest! {
         );
     }
 }
+
+/// The corpus: plans kept because they once mattered (hand-picked edge cases, and whatever
+/// the fuzzing finds), replayed on every run. A file `<name>.<expected>.json` expects `valid`,
+/// `unparsed` (refused before validation), or the code of its first problem.
+#[test]
+fn the_corpus_is_replayed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workflows/corpus");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let expected = name.split('.').nth(1).unwrap().to_owned();
+        let body = std::fs::read_to_string(&path).unwrap();
+        let outcome = match serde_json::from_str::<PlanSpec>(&body) {
+            Err(_) => "unparsed".to_owned(),
+            Ok(plan) => validate(&plan, &known_roles())
+                .first()
+                .map_or("valid".to_owned(), |i| i.code.to_owned()),
+        };
+        assert_eq!(outcome, expected, "{name}");
+        replayed += 1;
+    }
+    assert!(replayed >= 10, "the corpus holds {replayed} plans");
+}
