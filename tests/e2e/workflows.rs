@@ -330,7 +330,15 @@ async fn a_diamond_runs_in_dependency_order_within_its_concurrency_limit() {
             "{data}"
         );
     }
-    assert!(task(&shown, "e")["commit"].as_str().is_some());
+    // Each plan task's work is on a branch of the repository.
+    let commit = task(&shown, "e")["commit"].as_str().unwrap();
+    let branch = std::process::Command::new("git")
+        .arg("-C")
+        .arg(fixture.dir.join("repo"))
+        .args(["rev-parse", "switchyard/plan/diamond/e"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&branch.stdout).trim(), commit);
     assert_eq!(
         server.typed("plan.finished.v1").await.len(),
         1,

@@ -781,8 +781,8 @@ impl RunnerAgent {
     }
 }
 
-/// Commits what the run changed; the commit (HEAD, unchanged when nothing changed) and the
-/// files.
+/// Commits what the run changed and points the plan task's branch at it; the commit (HEAD,
+/// unchanged when nothing changed) and the files.
 async fn commit(tree: &Path, data: &Value) -> Result<(String, Vec<String>), String> {
     let status = git(tree, &["status", "--porcelain", "--untracked-files=all"]).await?;
     let files: Vec<String> = status
@@ -802,6 +802,20 @@ async fn commit(tree: &Path, data: &Value) -> Result<(String, Vec<String>), Stri
         git(tree, &["commit", "--quiet", "--no-verify", "-m", &message]).await?;
     }
     let sha = git(tree, &["rev-parse", "HEAD"]).await?;
+    // A branch per plan task, so that its work is reachable from the repository:
+    // `switchyard/plan/<plan>/<task>`.
+    let branch = format!(
+        "switchyard/plan/{}/{}",
+        field(data, "plan_id"),
+        field(data, "root_task_id")
+    );
+    if git(tree, &["check-ref-format", "--branch", &branch])
+        .await
+        .is_ok()
+        && let Err(e) = git(tree, &["branch", "--force", &branch, &sha]).await
+    {
+        tracing::warn!(error = %e, branch, "cannot point the plan task's branch at its commit");
+    }
     Ok((sha, files))
 }
 
