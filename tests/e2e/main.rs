@@ -10,6 +10,7 @@ use sqlx::{Connection, PgConnection};
 use switchyard_testkit::TempDatabase;
 
 mod github;
+mod observability;
 mod workflows;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},

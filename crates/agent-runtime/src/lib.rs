@@ -453,11 +453,13 @@ impl AgentRuntime {
                 Outcome::Done => {
                     // After the commit. If this ack is lost, the redelivery finds the record.
                     let _ = message.ack().await;
+                    switchyard_telemetry::metrics().handled(name, "handled");
                 }
                 Outcome::Failed(failure) if delivered >= self.config.max_deliver => {
                     match self.dead_letter(name, &event, delivered, &failure).await {
                         Ok(()) => {
                             let _ = message.ack_with(AckKind::Term).await;
+                            switchyard_telemetry::metrics().handled(name, "dead_lettered");
                         }
                         Err(e) => {
                             tracing::error!(agent = name, error = %e, "cannot dead-letter; leaving it for redelivery");
@@ -466,6 +468,7 @@ impl AgentRuntime {
                 }
                 Outcome::Failed(failure) => {
                     tracing::warn!(agent = name, event.id = %event.id, delivered, error = %failure, "handler failed; will retry");
+                    switchyard_telemetry::metrics().handled(name, "failed");
                     let _ = message
                         .ack_with(AckKind::Nak(Some(self.backoff(delivered))))
                         .await;
@@ -509,7 +512,11 @@ impl AgentRuntime {
             }
             sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
             let mut ctx = Context::new(&mut tx, manifest, event);
-            match agent.handle(&mut ctx, event).await {
+            let started = std::time::Instant::now();
+            let handled = agent.handle(&mut ctx, event).await;
+            switchyard_telemetry::metrics()
+                .handle_time(&manifest.name, started.elapsed().as_secs_f64());
+            match handled {
                 Ok(()) => {
                     emitted.push((event.position, ctx.into_emitted()));
                     sqlx::query("RELEASE SAVEPOINT event")
@@ -620,8 +627,11 @@ impl AgentRuntime {
             })
         };
         let context = self.work_context(agent, event, shutdown);
+        let started = std::time::Instant::now();
         let output = agent.work(&context, event).await;
         keep_alive.abort();
+        switchyard_telemetry::metrics()
+            .handle_time(&agent.manifest().name, started.elapsed().as_secs_f64());
         match output {
             Ok(output) => match self.handle(agent, event, Some(output)).await {
                 Ok(()) => Outcome::Done,
@@ -696,7 +706,11 @@ impl AgentRuntime {
             return Ok(());
         }
         let mut ctx = Context::new(&mut tx, manifest, event).with_work(work);
-        agent.handle(&mut ctx, event).await?;
+        let started = std::time::Instant::now();
+        let handled = agent.handle(&mut ctx, event).await;
+        switchyard_telemetry::metrics()
+            .handle_time(&manifest.name, started.elapsed().as_secs_f64());
+        handled?;
         let emitted = ctx.into_emitted();
         if !emitted.is_empty() {
             match self.store.append_in(&mut tx, emitted).await {

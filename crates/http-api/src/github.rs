@@ -98,6 +98,7 @@ pub(crate) async fn webhook(
             SignatureError::Mismatch => "signature_mismatch",
         };
         tracing::warn!(%e, "webhook refused");
+        switchyard_telemetry::metrics().webhook("refused");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string()));
     }
     // Authentic from here on; still bounded, still parsed defensively.
@@ -124,6 +125,7 @@ pub(crate) async fn webhook(
             Err(StoreError::ConcurrentWrite) if attempt < ATTEMPTS => continue,
             Err(e) => {
                 tracing::error!(delivery, error = %e, "webhook delivery not recorded; GitHub will show it failed");
+                switchyard_telemetry::metrics().webhook("failed");
                 return Err(ApiError::from_store(e, false));
             }
             Ok(recorded) => break recorded,
@@ -136,6 +138,7 @@ pub(crate) async fn webhook(
                 outcome = original.outcome,
                 "redelivery acknowledged"
             );
+            switchyard_telemetry::metrics().webhook("duplicate");
             (
                 StatusCode::OK,
                 json!({"duplicate": true, "delivery": original}),
@@ -143,6 +146,7 @@ pub(crate) async fn webhook(
         }
         Record::New(recorded) => {
             tracing::info!(delivery, event, outcome = recorded.outcome, reason = ?recorded.reason, "webhook delivery recorded");
+            switchyard_telemetry::metrics().webhook(recorded.outcome);
             let status = if recorded.outcome == "ping" {
                 StatusCode::OK
             } else {

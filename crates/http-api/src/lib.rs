@@ -261,6 +261,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ops/status", get(ops::status))
         .route("/v1/ops/dead-letters", get(ops::dead_letters))
         .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
+        .route("/v1/ops/relay/pause", post(ops::pause_relay))
+        .route("/v1/ops/relay/resume", post(ops::resume_relay))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .merge(events)
         .route_layer(middleware::from_fn_with_state(
@@ -277,14 +279,44 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(webhook)
         .route("/readyz", get(readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs.max(1)),
         ))
+        .layer(middleware::from_fn(record_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Records each request's latency by method, matched route (the pattern, never the raw path)
+/// and status.
+async fn record_http(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let method: &'static str = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    switchyard_telemetry::metrics().http_request(
+        method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 async fn refuse_large_webhooks(

@@ -37,6 +37,10 @@ pub trait Ops: Send + Sync + 'static {
     fn dead_letters(&self) -> BoxFuture<'_, Result<Value, OpsError>>;
     /// Retries one dead letter.
     fn retry_dead_letter(&self, id: uuid::Uuid) -> BoxFuture<'_, Result<Value, OpsError>>;
+    /// The figures read at scrape time, for `GET /metrics`.
+    fn snapshot(&self) -> BoxFuture<'_, Result<switchyard_telemetry::Snapshot, OpsError>>;
+    /// Pauses (`Some(by)`) or resumes (`None`) the relay.
+    fn pause_relay<'a>(&'a self, by: Option<&'a str>) -> BoxFuture<'a, Result<Value, OpsError>>;
 }
 
 impl From<OpsError> for ApiError {
@@ -83,4 +87,45 @@ pub(crate) async fn retry(
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::not_found(format!("no dead letter {id}")))?;
     Ok(Json(ops.retry_dead_letter(id).await?).into_response())
+}
+
+/// `POST /v1/ops/relay/pause`: the active relay, whichever instance it is on, publishes
+/// nothing until resumed; events are still stored, and the relay lag grows.
+pub(crate) async fn pause_relay(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let ops = ops(&state, &principal)?;
+    Ok(Json(ops.pause_relay(Some(&principal.name)).await?).into_response())
+}
+
+/// `POST /v1/ops/relay/resume`
+pub(crate) async fn resume_relay(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let ops = ops(&state, &principal)?;
+    Ok(Json(ops.pause_relay(None).await?).into_response())
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text; no token, and no workspace in any label.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let snapshot = match &state.ops {
+        Some(ops) => match ops.snapshot().await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: the scrape-time figures are unavailable");
+                switchyard_telemetry::Snapshot::default()
+            }
+        },
+        None => switchyard_telemetry::Snapshot::default(),
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        switchyard_telemetry::render(&snapshot),
+    )
+        .into_response()
 }

@@ -199,11 +199,21 @@ impl Relay {
                 self.reconcile(&mut checkpoint).await?;
                 next_reconcile = tokio::time::Instant::now() + idle;
             }
-            // Still the leader? A lost connection means the lock is gone.
-            sqlx::query("SELECT 1")
-                .execute(&mut *lock)
-                .await
-                .map_err(|_| Error::LostLock)?;
+            // Still the leader? A lost connection means the lock is gone. Paused by an
+            // operator? Then publish nothing, and look again soon.
+            let paused: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM relay_pauses WHERE stream = $1)")
+                    .bind(&self.config.stream)
+                    .fetch_one(&mut *lock)
+                    .await
+                    .map_err(|_| Error::LostLock)?;
+            if paused {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
 
             let page = self
                 .store
@@ -268,6 +278,9 @@ impl Relay {
             acks.push(ack.into_future());
         }
         let acks = try_join_all(acks).await.map_err(js)?;
+        switchyard_telemetry::metrics()
+            .relayed
+            .inc_by(u64::try_from(acks.len()).unwrap_or_default());
         Ok(acks.iter().map(|a| a.sequence).max().unwrap_or_default())
     }
 
@@ -351,13 +364,57 @@ impl Relay {
     pub async fn status(&self, cap: i64) -> Result<RelayStatus> {
         let checkpoint = self.load_checkpoint().await?;
         let lag = self.store.lag(checkpoint.cursor, cap).await?;
+        // The oldest event not relayed yet: how far behind, in time.
+        let oldest = self
+            .store
+            .read_all(checkpoint.cursor, &ReadFilter::default(), 1)
+            .await?
+            .events
+            .into_iter()
+            .next();
+        let lag_seconds = oldest.map_or(0.0, |e| {
+            (chrono::Utc::now() - e.time)
+                .to_std()
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
+        let paused_by: Option<String> =
+            sqlx::query_scalar("SELECT paused_by FROM relay_pauses WHERE stream = $1")
+                .bind(&self.config.stream)
+                .fetch_optional(self.store.pool())
+                .await?;
         Ok(RelayStatus {
             stream: self.config.stream.clone(),
             cursor: checkpoint.cursor.to_string(),
             relayed: checkpoint.relayed,
             stream_sequence: checkpoint.stream_sequence,
             lag_events: lag,
+            lag_seconds,
+            paused_by,
         })
+    }
+
+    /// Pauses (`Some(by)`) or resumes (`None`) the relay of this stream, on whichever
+    /// instance is active (it looks every 200 ms while paused).
+    pub async fn set_paused(&self, by: Option<&str>) -> Result<()> {
+        match by {
+            Some(by) => {
+                sqlx::query(
+                    "INSERT INTO relay_pauses (stream, paused_by) VALUES ($1, $2)
+                     ON CONFLICT (stream) DO NOTHING",
+                )
+                .bind(&self.config.stream)
+                .bind(by)
+                .execute(self.store.pool())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM relay_pauses WHERE stream = $1")
+                    .bind(&self.config.stream)
+                    .execute(self.store.pool())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -388,6 +445,10 @@ pub struct RelayStatus {
     pub stream_sequence: u64,
     /// Visible events not relayed yet (capped).
     pub lag_events: i64,
+    /// Age of the oldest event not relayed yet, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Who paused the relay, while it is paused.
+    pub paused_by: Option<String>,
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
-use switchyard_events::{Catalog, NewEvent};
+use switchyard_events::{Catalog, EventType, NewEvent};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use append::Appended;
@@ -107,12 +107,15 @@ impl EventStore {
     #[tracing::instrument(name = "store.append", skip_all, fields(events = events.len()))]
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
         append::validate(&self.catalog, &events, self.max_batch_events)?;
+        let types: Vec<EventType> = events.iter().map(|e| e.ty.clone()).collect();
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(group::Job { events, reply })
             .await
             .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        let appended = answer.await.map_err(|_| Error::Closed)??;
+        count(&types, &appended);
+        Ok(appended)
     }
 
     /// Appends a batch inside the caller's transaction, so that the events commit together
@@ -125,6 +128,7 @@ impl EventStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<Appended>> {
         append::validate(&self.catalog, &events, self.max_batch_events)?;
+        let types: Vec<EventType> = events.iter().map(|e| e.ty.clone()).collect();
         let written = append::write(conn, &[events.as_slice()], append::Lookup::Full)
             .await
             .map_err(|e| {
@@ -135,9 +139,23 @@ impl EventStore {
                 }
             })?;
         match written {
-            append::Written::Done(mut results) => results.pop().unwrap_or(Err(Error::Closed)),
+            // Counted before the caller's commit: a rolled-back transaction over-counts.
+            append::Written::Done(mut results) => {
+                let appended = results.pop().unwrap_or(Err(Error::Closed))?;
+                count(&types, &appended);
+                Ok(appended)
+            }
             // A full lookup never asks for another.
             append::Written::NeedsFullLookup => Err(Error::ConcurrentWrite),
+        }
+    }
+}
+
+/// Counts the appended events (not the duplicates) in the process's metrics.
+fn count(types: &[EventType], appended: &[Appended]) {
+    for (ty, appended) in types.iter().zip(appended) {
+        if !appended.duplicate {
+            switchyard_telemetry::metrics().appended(ty.as_str());
         }
     }
 }

@@ -44,6 +44,53 @@ impl Ops for ServerOps {
         })
     }
 
+    fn snapshot(&self) -> BoxFuture<'_, Result<switchyard_telemetry::Snapshot, OpsError>> {
+        Box::pin(async move {
+            let head: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+                .fetch_one(self.store.pool())
+                .await
+                .map_err(internal)?;
+            let dead_letters: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
+                    .fetch_one(self.store.pool())
+                    .await
+                    .map_err(internal)?;
+            let relay = self.relay.status(LAG_CAP).await.map_err(internal)?;
+            let consumers = self.runtime.status().await.map_err(internal)?;
+            let projections = self.projections.status(LAG_CAP).await.map_err(internal)?;
+            Ok(switchyard_telemetry::Snapshot {
+                head_position: head.unwrap_or_default(),
+                relay_active: self.relay.is_active(),
+                relay_paused: relay.paused_by.is_some(),
+                relay_lag_events: relay.lag_events,
+                relay_lag_seconds: relay.lag_seconds,
+                consumers: consumers
+                    .into_iter()
+                    .map(|c| switchyard_telemetry::ConsumerFigures {
+                        agent: c.agent,
+                        event_type: c.event_type,
+                        pending: c.pending,
+                        ack_pending: u64::try_from(c.ack_pending).unwrap_or(u64::MAX),
+                        redelivered: u64::try_from(c.redelivered).unwrap_or(u64::MAX),
+                    })
+                    .collect(),
+                projections: projections
+                    .into_iter()
+                    .map(|p| (p.name, p.lag_events))
+                    .collect(),
+                dead_letters,
+            })
+        })
+    }
+
+    fn pause_relay<'a>(&'a self, by: Option<&'a str>) -> BoxFuture<'a, Result<Value, OpsError>> {
+        Box::pin(async move {
+            self.relay.set_paused(by).await.map_err(internal)?;
+            let relay = self.relay.status(LAG_CAP).await.map_err(internal)?;
+            Ok(json!({"paused": relay.paused_by.is_some(), "relay": relay}))
+        })
+    }
+
     fn dead_letters(&self) -> BoxFuture<'_, Result<Value, OpsError>> {
         Box::pin(async move {
             let letters = self.runtime.dead_letters(false).await.map_err(internal)?;
