@@ -241,6 +241,8 @@ async fn spawn_with(
     listen: &str,
 ) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        // A restart after a kill turns debug mode on: keep the tests' logs quiet anyway.
+        .env("SWITCHYARD_OBS__DEBUG_FILTER", "warn")
         .envs(extra_env.iter().copied())
         .args(["serve", "--listen", listen])
         .env("DATABASE_URL", url)

@@ -142,3 +142,94 @@ async fn metrics_show_the_relay_lag_grow_while_paused_and_the_work_follow_on_res
     );
     server.stop().await;
 }
+
+impl Server {
+    /// SIGTERM (a clean stop), then start again on the same database and stream.
+    async fn stop_cleanly_and_restart(&mut self) {
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the server stops within 20 s of SIGTERM")
+            .unwrap();
+        assert!(status.success(), "a clean stop exits 0: {status}");
+        let (child, address) =
+            crate::spawn_env(&self.url, &self.nats, &self.stream, &self.prefix, &self.env).await;
+        self.child = child;
+        self.address = address;
+    }
+
+    async fn mode(&self) -> serde_json::Value {
+        let (status, mode) = self.request("GET", "/v1/ops/mode", &[AUTH], "").await;
+        assert_eq!(status, 200, "{mode}");
+        mode
+    }
+}
+
+#[tokio::test]
+async fn the_mode_switches_at_run_time_and_a_crash_opens_a_debug_window() {
+    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let mut server = Server::start_with(
+        &nats,
+        vec![("SWITCHYARD_OBS__CRASH_DEBUG_SECS".into(), "2".into())],
+    )
+    .await;
+    assert_eq!(server.mode().await["mode"], "shipping");
+
+    // Switched through the ops API, for a window, then back by itself.
+    let json = ("Content-Type", "application/json");
+    let (status, set) = server
+        .request(
+            "PUT",
+            "/v1/ops/mode",
+            &[AUTH, json],
+            &json!({"mode": "debug", "for_secs": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["mode"], "debug");
+    assert!(set["until"].is_string());
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert_eq!(sample(&metrics, "switchyard_obs_debug"), 1.0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mode = server.mode().await;
+    assert_eq!(mode["mode"], "shipping", "{mode}");
+    assert_eq!(mode["reason"], "the debug window ended");
+    let (status, body) = server
+        .request(
+            "PUT",
+            "/v1/ops/mode",
+            &[AUTH, json],
+            &json!({"mode": "verbose"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // A clean stop leaves nothing to worry about at the next start.
+    server.stop_cleanly_and_restart().await;
+    assert_eq!(server.mode().await["mode"], "shipping");
+
+    // SIGKILL: the next start finds the run that died, and turns debug on for the window.
+    server.kill_and_restart().await;
+    let mode = server.mode().await;
+    assert_eq!(mode["mode"], "debug", "{mode}");
+    assert!(
+        mode["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unclean shutdown"),
+        "{mode}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(server.mode().await["mode"], "shipping");
+    let crashed: i64 = sqlx::query_scalar("SELECT count(*) FROM server_runs WHERE crashed")
+        .fetch_one(&mut server.db().await)
+        .await
+        .unwrap();
+    assert_eq!(crashed, 1, "one run died, one was stopped cleanly");
+    server.stop().await;
+}

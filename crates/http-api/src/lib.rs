@@ -104,6 +104,8 @@ pub struct AppState {
     github: Option<Arc<switchyard_github::GitHubHost>>,
     /// Failed authentications per client address.
     auth_failures: Arc<auth::AuthFailures>,
+    /// The observability mode, for `GET/PUT /v1/ops/mode`.
+    modes: Option<Arc<switchyard_telemetry::Modes>>,
 }
 
 /// A webhook secret, kept out of logs and `Debug`.
@@ -148,7 +150,15 @@ impl AppState {
             ops: None,
             webhook_secret: None,
             github: None,
+            modes: None,
         }
+    }
+
+    /// Plugs in the observability mode (`/v1/ops/mode`).
+    #[must_use]
+    pub fn with_modes(mut self, modes: Arc<switchyard_telemetry::Modes>) -> Self {
+        self.modes = Some(modes);
+        self
     }
 
     /// Turns on `POST /v1/github/webhook`, checking signatures with `secret`.
@@ -262,6 +272,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ops/dead-letters", get(ops::dead_letters))
         .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
         .route("/v1/ops/relay/pause", post(ops::pause_relay))
+        .route("/v1/ops/mode", get(ops::get_mode).put(ops::put_mode))
         .route("/v1/ops/relay/resume", post(ops::resume_relay))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .merge(events)

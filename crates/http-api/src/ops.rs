@@ -120,6 +120,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         },
         None => switchyard_telemetry::Snapshot::default(),
     };
+    let snapshot = switchyard_telemetry::Snapshot {
+        debug_mode: state
+            .modes
+            .as_ref()
+            .is_some_and(|m| m.current().mode == switchyard_telemetry::Mode::Debug),
+        ..snapshot
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -128,4 +135,53 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         switchyard_telemetry::render(&snapshot),
     )
         .into_response()
+}
+
+fn modes(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Arc<switchyard_telemetry::Modes>, ApiError> {
+    principal.require(None, Scope::Admin)?;
+    state
+        .modes
+        .clone()
+        .ok_or_else(|| ApiError::not_found("modes are not available in this process"))
+}
+
+/// `GET /v1/ops/mode`: `shipping` or `debug`, until when, and why.
+pub(crate) async fn get_mode(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    Ok(Json(modes(&state, &principal)?.current()).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    mode: switchyard_telemetry::Mode,
+    /// A window after which the mode goes back to `shipping`.
+    for_secs: Option<u64>,
+}
+
+/// `PUT /v1/ops/mode` `{"mode": "debug"|"shipping", "for_secs"?}`: switches this instance
+/// without a restart.
+pub(crate) async fn put_mode(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let modes = modes(&state, &principal)?;
+    let body: ModeBody =
+        serde_json::from_value(crate::error::parse_json(&body?)?).map_err(|e| {
+            ApiError::bad_request(format!("{e}: mode is debug or shipping")).at("/mode")
+        })?;
+    let window = body
+        .for_secs
+        .map(|s| std::time::Duration::from_secs(s.clamp(1, 86_400)));
+    let reason = format!("set by {} through the ops API", principal.name);
+    let current = modes
+        .set(body.mode, window, &reason)
+        .map_err(|e| ApiError::internal(&OpsError::Internal(e)))?;
+    Ok(Json(current).into_response())
 }

@@ -109,13 +109,13 @@ enum ProjectionCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_ref())?;
-    init_logging(&settings);
+    let modes = init_logging(&settings);
     match cli.command {
         Command::Migrate => {
             let pool = connect(&settings).await?;
             migrate(&pool).await
         }
-        Command::Serve { listen } => serve(settings, listen).await,
+        Command::Serve { listen } => serve(settings, listen, modes).await,
         Command::Projections { command } => projections(settings, command).await,
         Command::Proposals { workspace, command } => {
             let allow_self_approval = settings.api.allow_self_approval;
@@ -152,17 +152,86 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.filter));
-    // Logs go to stderr: stdout carries only what scripts read (the listening address).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+/// Logs to stderr (stdout carries only what scripts read: the listening address), through a
+/// filter that the observability mode swaps at run time.
+fn init_logging(settings: &Settings) -> Arc<switchyard_telemetry::Modes> {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let shipping = std::env::var("RUST_LOG").unwrap_or_else(|_| settings.log.filter.clone());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::EnvFilter::try_new(&shipping)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match settings.log.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    let reload = move |directives: &str| {
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    };
+    Arc::new(switchyard_telemetry::Modes::new(
+        Box::new(reload),
+        &shipping,
+        &settings.obs.debug_filter,
+        settings.obs.mode,
+    ))
+}
+
+/// This run of the server, in `server_runs`: holds a session advisory lock on its id while the
+/// process lives (the connection dies with it). Returns the runs found dead without a clean
+/// stop, this run's id, and the connection that holds its lock.
+async fn register_run(
+    pool: &PgPool,
+) -> anyhow::Result<(Vec<uuid::Uuid>, uuid::Uuid, sqlx::PgConnection)> {
+    use sqlx::Connection as _;
+    let key = |id: uuid::Uuid| format!("switchyard.run.{id}");
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    // Lock first, then show the row: a row that can be seen always has its lock held, unless
+    // its process is gone.
+    let me = uuid::Uuid::now_v7();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(key(me))
+        .execute(&mut conn)
+        .await?;
+    let running: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM server_runs WHERE stopped_at IS NULL")
+            .fetch_all(&mut conn)
+            .await?;
+    let mut crashed = Vec::new();
+    for id in running {
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(key(id))
+            .fetch_one(&mut conn)
+            .await?;
+        if free {
+            sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(key(id))
+                .execute(&mut conn)
+                .await?;
+            let marked = sqlx::query(
+                "UPDATE server_runs SET stopped_at = now(), crashed = true WHERE id = $1 AND stopped_at IS NULL",
+            )
+            .bind(id)
+            .execute(&mut conn)
+            .await?;
+            if marked.rows_affected() == 1 {
+                crashed.push(id);
+            }
+        }
     }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    sqlx::query("INSERT INTO server_runs (id, host, pid) VALUES ($1, $2, $3)")
+        .bind(me)
+        .bind(host)
+        .bind(i32::try_from(std::process::id()).unwrap_or_default())
+        .execute(&mut conn)
+        .await?;
+    Ok((crashed, me, conn))
 }
 
 /// Connects to PostgreSQL, waiting up to `connect_timeout_secs` for it to come up.
@@ -247,13 +316,29 @@ async fn projections(settings: Settings, command: ProjectionCommand) -> anyhow::
     Ok(())
 }
 
-async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+async fn serve(
+    settings: Settings,
+    listen: Option<std::net::SocketAddr>,
+    modes: Arc<switchyard_telemetry::Modes>,
+) -> anyhow::Result<()> {
     let catalog =
         Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
     tracing::info!(types = catalog.len(), "event catalog loaded");
 
     let pool = connect(&settings).await?;
     migrate(&pool).await?;
+    let (crashed, run, run_lock) = register_run(&pool).await.context("recording this run")?;
+    if let Some(dead) = crashed.first() {
+        let window = Duration::from_secs(settings.obs.crash_debug_secs);
+        tracing::warn!(runs = crashed.len(), run = %dead, ?window, "an earlier run died without stopping: debug mode for a while");
+        if let Err(e) = modes.set(
+            switchyard_telemetry::Mode::Debug,
+            Some(window),
+            &format!("unclean shutdown of run {dead} detected at start"),
+        ) {
+            tracing::warn!(error = %e, "cannot switch to debug mode");
+        }
+    }
     match &settings.admin_token {
         Some(token) => bootstrap_admin_token(&pool, token.expose_secret()).await?,
         None => tracing::warn!(
@@ -319,7 +404,9 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
         projections,
         runtime,
     });
-    let mut state = AppState::new(store.clone(), Some(nats), settings.api.clone()).with_ops(ops);
+    let mut state = AppState::new(store.clone(), Some(nats), settings.api.clone())
+        .with_ops(ops)
+        .with_modes(Arc::clone(&modes));
     match &settings.github.webhook_secret {
         Some(secret) => state = state.with_webhook_secret(WebhookSecret::new(secret.clone())),
         None => tracing::info!(
@@ -364,6 +451,15 @@ async fn serve(settings: Settings, listen: Option<std::net::SocketAddr>) -> anyh
     // Give the relay, projections and consumers a moment to finish what they hold; anything
     // unfinished is redone from its checkpoint at the next start.
     let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
+    // A clean stop: the next start finds nothing to worry about.
+    if let Err(e) = sqlx::query("UPDATE server_runs SET stopped_at = now() WHERE id = $1")
+        .bind(run)
+        .execute(store.pool())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the clean stop of this run");
+    }
+    drop(run_lock);
     tracing::info!("stopped");
     Ok(())
 }

@@ -79,6 +79,7 @@ impl Ops for ServerOps {
                     .map(|p| (p.name, p.lag_events))
                     .collect(),
                 dead_letters,
+                debug_mode: false, // the route fills it in
             })
         })
     }

@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "github",
     "server",
     "workflows",
+    "obs",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +54,18 @@ pub(crate) struct Settings {
     pub(crate) github: GitHubSettings,
     pub(crate) server: switchyard_http_api::ServeLimits,
     pub(crate) workflows: switchyard_agents::WorkflowsConfig,
+    pub(crate) obs: ObsSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ObsSettings {
+    /// `shipping` or `debug` (`SWITCHYARD_OBS_MODE`).
+    pub(crate) mode: switchyard_telemetry::Mode,
+    /// The log filter of debug mode.
+    pub(crate) debug_filter: String,
+    /// After an unclean shutdown is detected at start, debug mode for this long.
+    pub(crate) crash_debug_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,9 +135,15 @@ impl Settings {
                     .only(&["SWITCHYARD_GITHUB_WEBHOOK_SECRET"])
                     .map(|_| "github.webhook_secret".into()),
             )
+            .merge(
+                Env::raw()
+                    .only(&["SWITCHYARD_OBS_MODE"])
+                    .map(|_| "obs.mode".into()),
+            )
             .merge(Env::prefixed("SWITCHYARD_").split("__").filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
                 key != "github_webhook_secret"
+                    && key != "obs_mode"
                     && KEYS.iter().any(|k| {
                         key.strip_prefix(k)
                             .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '_']))

@@ -189,6 +189,8 @@ pub struct Snapshot {
     pub projections: Vec<(String, i64)>,
     /// Dead letters not resolved yet.
     pub dead_letters: i64,
+    /// Whether this instance is in debug mode.
+    pub debug_mode: bool,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -278,6 +280,11 @@ pub fn render(snapshot: &Snapshot) -> String {
         "relay_lag_seconds",
         "Age of the oldest event not relayed yet",
         gauge(snapshot.relay_lag_seconds),
+    );
+    registry.register(
+        "obs_debug",
+        "1 while this instance is in debug mode",
+        gauge(f64::from(u8::from(snapshot.debug_mode))),
     );
     registry.register(
         "dead_letters_unresolved",
@@ -378,5 +385,134 @@ mod tests {
         assert!(text.contains("switchyard_projection_lag_events{projection=\"proposals\"} 2"));
         assert!(text.contains("switchyard_process_resident_memory_bytes"));
         assert!(text.ends_with("# EOF\n"));
+    }
+}
+
+/// How much the server tells: `shipping` (spans and metrics, logs at the configured filter) or
+/// `debug` (verbose logs and full telemetry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The default.
+    Shipping,
+    /// Verbose.
+    Debug,
+}
+
+/// Where the mode stands.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModeState {
+    /// The mode.
+    pub mode: Mode,
+    /// When it goes back to `shipping` by itself (a debug window).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why it is what it is.
+    pub reason: String,
+}
+
+/// Replaces the log filter with the given directives.
+pub type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The observability mode, switchable at run time: swaps the log filter in place, and goes
+/// back to `shipping` by itself at the end of a debug window.
+pub struct Modes {
+    reload: Reload,
+    shipping_filter: String,
+    debug_filter: String,
+    state: std::sync::Mutex<(ModeState, u64)>,
+}
+
+impl std::fmt::Debug for Modes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Modes")
+            .field("state", &self.current())
+            .finish()
+    }
+}
+
+impl Modes {
+    /// Modes over a filter that `reload` replaces; starts in `initial`.
+    pub fn new(reload: Reload, shipping_filter: &str, debug_filter: &str, initial: Mode) -> Self {
+        let modes = Self {
+            reload,
+            shipping_filter: shipping_filter.to_owned(),
+            debug_filter: debug_filter.to_owned(),
+            state: std::sync::Mutex::new((
+                ModeState {
+                    mode: Mode::Shipping,
+                    until: None,
+                    reason: "the default".into(),
+                },
+                0,
+            )),
+        };
+        if initial == Mode::Debug {
+            let _ = modes.apply(Mode::Debug, None, "configured (SWITCHYARD_OBS_MODE)");
+        }
+        modes
+    }
+
+    /// Where the mode stands.
+    pub fn current(&self) -> ModeState {
+        self.state.lock().map(|s| s.0.clone()).unwrap_or(ModeState {
+            mode: Mode::Shipping,
+            until: None,
+            reason: "unknown".into(),
+        })
+    }
+
+    fn apply(
+        &self,
+        mode: Mode,
+        window: Option<std::time::Duration>,
+        reason: &str,
+    ) -> Result<u64, String> {
+        let filter = match mode {
+            Mode::Shipping => &self.shipping_filter,
+            Mode::Debug => &self.debug_filter,
+        };
+        (self.reload)(filter)?;
+        let until = window
+            .and_then(|w| chrono::Duration::from_std(w).ok())
+            .map(|w| chrono::Utc::now() + w);
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| "mode state poisoned".to_owned())?;
+        state.1 += 1;
+        state.0 = ModeState {
+            mode,
+            until,
+            reason: reason.to_owned(),
+        };
+        Ok(state.1)
+    }
+
+    /// Switches to `mode`; with a `window`, back to `shipping` after it (unless switched
+    /// again meanwhile). Needs a Tokio runtime for the window.
+    pub fn set(
+        self: &std::sync::Arc<Self>,
+        mode: Mode,
+        window: Option<std::time::Duration>,
+        reason: &str,
+    ) -> Result<ModeState, String> {
+        let generation = self.apply(mode, window, reason)?;
+        tracing::info!(?mode, ?window, reason, "observability mode switched");
+        if let Some(window) = window {
+            let modes = std::sync::Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                let still = modes
+                    .state
+                    .lock()
+                    .map(|s| s.1 == generation)
+                    .unwrap_or(false);
+                if still {
+                    let _ = modes.apply(Mode::Shipping, None, "the debug window ended");
+                    tracing::info!("observability mode back to shipping: the debug window ended");
+                }
+            });
+        }
+        Ok(self.current())
     }
 }
