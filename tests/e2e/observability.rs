@@ -233,3 +233,166 @@ async fn the_mode_switches_at_run_time_and_a_crash_opens_a_debug_window() {
     assert_eq!(crashed, 1, "one run died, one was stopped cleanly");
     server.stop().await;
 }
+
+/// The spans the server exported to its file, as JSON objects.
+fn spans(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_trace_follows_a_webhook_through_the_store_the_relay_and_two_agents() {
+    const SECRET: &str = "trace-test-secret";
+    let file = std::env::temp_dir().join(switchyard_testkit::unique("sy-spans-"));
+    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let server = Server::start_with(
+        &nats,
+        vec![
+            ("SWITCHYARD_GITHUB_WEBHOOK_SECRET".into(), SECRET.into()),
+            ("SWITCHYARD_OBS__TRACES__EXPORTER".into(), "file".into()),
+            (
+                "SWITCHYARD_OBS__TRACES__FILE".into(),
+                file.to_string_lossy().into_owned(),
+            ),
+        ],
+    )
+    .await;
+    let workspace = json!({"id": "hub", "name": "Hub",
+        "repository": {"kind": "github", "owner": "acme", "repo": "widgets"}});
+    let (status, body) = server
+        .request(
+            "POST",
+            "/v1/workspaces",
+            &[AUTH, ("Content-Type", "application/json")],
+            &workspace.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A failed check on a Switchyard branch: the github agent asks for a task
+    // (task.requested.v1), which the orchestrator makes a plan of, and then drives.
+    let payload = json!({
+        "action": "completed",
+        "check_run": {
+            "id": 4, "name": "test", "status": "completed", "conclusion": "failure",
+            "head_sha": "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",
+            "html_url": "https://github.example/acme/widgets/runs/4",
+            "details_url": "https://ci.example/builds/4",
+            "check_suite": {"head_branch": "switchyard/0191d2a4-7c1e-7b3a-9f00-3c5e8a1d2b44"},
+            "pull_requests": [{"number": 2}],
+        },
+        "repository": {"name": "widgets", "full_name": "acme/widgets", "owner": {"login": "acme"}},
+        "sender": {"login": "github-actions[bot]"},
+    });
+    let url = format!("http://{}/v1/github/webhook", server.address);
+    let status = switchyard_testkit::post_delivery(
+        &url,
+        SECRET,
+        "check_run",
+        "6c0f7e4a-0000-4000-8000-000000000001",
+        payload.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // Until the orchestrator has decided on the plan (the CI-fixer role is not served here,
+    // so it escalates), and the spans are written.
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        all = spans(&file);
+        let handled = all
+            .iter()
+            .filter(|s| {
+                s["name"] == "agent.handle" && s["attributes"]["agent.name"] == "orchestrator"
+            })
+            .count();
+        if handled >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by_name = |name: &str| -> Vec<&serde_json::Value> {
+        all.iter().filter(|s| s["name"] == name).collect()
+    };
+    let webhook = by_name("github.webhook");
+    assert_eq!(webhook.len(), 1, "{all:#?}");
+    let trace = webhook[0]["trace_id"].as_str().unwrap().to_owned();
+    let in_trace: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|s| s["trace_id"] == trace.as_str())
+        .collect();
+    let names: std::collections::BTreeSet<&str> = in_trace
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "http.request",
+        "github.webhook",
+        "store.append",
+        "relay.publish",
+        "agent.handle",
+    ]
+    .iter()
+    {
+        assert!(names.contains(name), "{name} is in the trace: {names:?}");
+    }
+    // Both agents handled events of this one trace, in causal order: the github agent's
+    // span is an ancestor of the orchestrator's.
+    let span = |id: &str| in_trace.iter().find(|s| s["span_id"] == id).copied();
+    let ancestors = |start: &serde_json::Value| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut parent = start["parent_span_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        while let Some(p) = span(&parent) {
+            out.push(
+                p["name"].as_str().unwrap().to_owned()
+                    + ":"
+                    + p["attributes"]["agent.name"].as_str().unwrap_or(""),
+            );
+            parent = p["parent_span_id"].as_str().unwrap_or_default().to_owned();
+        }
+        out
+    };
+    let github = in_trace
+        .iter()
+        .find(|s| s["name"] == "agent.handle" && s["attributes"]["agent.name"] == "github")
+        .expect("the github agent's span is in the trace");
+    assert_eq!(github["attributes"]["event.type"], "github.check_run.v1");
+    assert_eq!(github["attributes"]["hop.count"], "0");
+    let orchestrator: Vec<&&serde_json::Value> = in_trace
+        .iter()
+        .filter(|s| s["name"] == "agent.handle" && s["attributes"]["agent.name"] == "orchestrator")
+        .collect();
+    assert!(orchestrator.len() >= 2, "{names:?}");
+    let first = orchestrator
+        .iter()
+        .find(|s| s["attributes"]["event.type"] == "task.requested.v1")
+        .expect("the orchestrator handled the task request in the same trace");
+    assert_eq!(first["attributes"]["hop.count"], "1");
+    let chain = ancestors(first);
+    assert!(
+        chain.iter().any(|a| a == "agent.handle:github"),
+        "the github agent's span is an ancestor: {chain:?}"
+    );
+    assert!(
+        chain.iter().any(|a| a.starts_with("github.webhook")),
+        "{chain:?}"
+    );
+    // Causation is a link too: each agent span links to the span that wrote its event.
+    for s in orchestrator.iter().chain(std::iter::once(&github)) {
+        let links = s["links"].as_array().unwrap();
+        assert_eq!(links.len(), 1, "{s}");
+        assert_eq!(links[0]["span_id"], s["parent_span_id"]);
+    }
+    let plan = orchestrator
+        .iter()
+        .find(|s| s["attributes"]["event.type"] == "plan.submitted.v1")
+        .expect("the orchestrator's plan is in the trace too");
+    assert_eq!(plan["attributes"]["hop.count"], "2");
+    server.stop().await;
+    let _ = std::fs::remove_file(&file);
+}

@@ -178,6 +178,31 @@ impl WorkContext {
     }
 }
 
+/// How many agents' hops an event is from its origin (the `hopcount` extension; 0 for an
+/// event from the API, a webhook or the scheduler).
+pub(crate) fn hop_count(event: &RecordedEvent) -> u64 {
+    event
+        .extensions
+        .get("hopcount")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// The span an agent handles an event in: it continues the trace of the span that wrote the
+/// event (its `traceparent`), with a link to it, the cause.
+pub(crate) fn handle_span(agent: &str, event: &RecordedEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "agent.handle",
+        agent.name = agent,
+        event.id = %event.id,
+        event.r#type = %event.ty,
+        correlation.id = %event.correlation_id,
+        hop.count = hop_count(event),
+    );
+    switchyard_telemetry::continue_from(&span, event.traceparent.as_deref());
+    span
+}
+
 /// Types every agent may emit without declaring them: memory and messages.
 fn always_allowed(ty: &str) -> bool {
     ty == MEMORY_RECORDED || ty == MESSAGE_SENT || ty == MESSAGE_ACKNOWLEDGED
@@ -224,7 +249,12 @@ fn build(
     let mut event = NewEvent::new(cause.workspace.clone(), source, ty, stream, data);
     event.correlation_id = Some(cause.correlation_id.clone());
     event.causation_id = Some(cause.id.to_string());
-    event.traceparent = cause.traceparent.clone();
+    // The trace goes on from the span handling the cause (else the cause's own context).
+    event.traceparent =
+        switchyard_telemetry::current_traceparent().or_else(|| cause.traceparent.clone());
+    event
+        .extensions
+        .insert("hopcount".into(), serde_json::json!(hop_count(cause) + 1));
     Ok(event)
 }
 
@@ -299,7 +329,11 @@ impl<'t> Context<'t> {
             .correlation_id
             .or_else(|| Some(self.cause.correlation_id.clone()));
         event.causation_id = Some(self.cause.id.to_string());
-        event.traceparent = self.cause.traceparent.clone();
+        event.traceparent =
+            switchyard_telemetry::current_traceparent().or_else(|| self.cause.traceparent.clone());
+        event
+            .extensions
+            .insert("hopcount".into(), json!(hop_count(self.cause) + 1));
         self.emitted.push(event);
         Ok(())
     }

@@ -31,6 +31,7 @@ use switchyard_events::{
 };
 use switchyard_store::EventStore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use agent::{Agent, Context, HandlerError, MEMORY_RECORDED, Manifest, WorkContext};
 pub use messages::{MESSAGE_ACKNOWLEDGED, MESSAGE_SENT, Message, inbox};
@@ -513,7 +514,10 @@ impl AgentRuntime {
             sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
             let mut ctx = Context::new(&mut tx, manifest, event);
             let started = std::time::Instant::now();
-            let handled = agent.handle(&mut ctx, event).await;
+            let handled = agent
+                .handle(&mut ctx, event)
+                .instrument(agent::handle_span(&manifest.name, event))
+                .await;
             switchyard_telemetry::metrics()
                 .handle_time(&manifest.name, started.elapsed().as_secs_f64());
             match handled {
@@ -591,7 +595,6 @@ impl AgentRuntime {
 
     /// A long-running agent's delivery: skip it if handled, else do the work while telling
     /// JetStream it is in progress, then handle it with the work's result.
-    #[tracing::instrument(name = "agent.work", skip_all, fields(agent.name = %agent.manifest().name, event.id = %event.id, event.r#type = %event.ty, correlation.id = %event.correlation_id))]
     async fn work_then_handle(
         &self,
         agent: &Arc<dyn Agent>,
@@ -628,7 +631,16 @@ impl AgentRuntime {
         };
         let context = self.work_context(agent, event, shutdown);
         let started = std::time::Instant::now();
-        let output = agent.work(&context, event).await;
+        let span = tracing::info_span!(
+            "agent.work",
+            agent.name = %agent.manifest().name,
+            event.id = %event.id,
+            event.r#type = %event.ty,
+            correlation.id = %event.correlation_id,
+            hop.count = agent::hop_count(event),
+        );
+        switchyard_telemetry::continue_from(&span, event.traceparent.as_deref());
+        let output = agent.work(&context, event).instrument(span).await;
         keep_alive.abort();
         switchyard_telemetry::metrics()
             .handle_time(&agent.manifest().name, started.elapsed().as_secs_f64());
@@ -651,7 +663,6 @@ impl AgentRuntime {
     /// was handled before (a redelivery). A race with a concurrent writer of the same stream is
     /// not the handler's failure: the whole transaction runs again (a few times, with jitter)
     /// before it counts as a failed delivery.
-    #[tracing::instrument(name = "agent.handle", skip_all, fields(agent.name = %agent.manifest().name, event.id = %event.id, event.r#type = %event.ty, correlation.id = %event.correlation_id))]
     async fn handle(
         &self,
         agent: &Arc<dyn Agent>,
@@ -707,7 +718,10 @@ impl AgentRuntime {
         }
         let mut ctx = Context::new(&mut tx, manifest, event).with_work(work);
         let started = std::time::Instant::now();
-        let handled = agent.handle(&mut ctx, event).await;
+        let handled = agent
+            .handle(&mut ctx, event)
+            .instrument(agent::handle_span(&manifest.name, event))
+            .await;
         switchyard_telemetry::metrics()
             .handle_time(&manifest.name, started.elapsed().as_secs_f64());
         handled?;

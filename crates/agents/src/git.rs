@@ -11,6 +11,7 @@ use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
 use switchyard_events::{EventType, RecordedEvent};
 use switchyard_github::{CommitRequest, FileChange, GitError, GitHost};
 use switchyard_proposals::{Action, Change, content_hash, stream};
+use tracing::Instrument as _;
 
 /// The agent.
 pub struct GitAgent {
@@ -191,7 +192,8 @@ impl Agent for GitAgent {
                     })
                     .collect(),
             };
-            match host.commit(&target, &request).await {
+            let span = tracing::info_span!("git.commit", proposal.id = %id, repository = %target);
+            match host.commit(&target, &request).instrument(span).await {
                 Ok(outcome) => {
                     let mut data = json!({
                         "proposal_id": id, "repository": target, "branch": outcome.branch,

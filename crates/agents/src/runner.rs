@@ -32,6 +32,7 @@ use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest, WorkConte
 use switchyard_events::{EventType, RecordedEvent};
 use switchyard_workflows::{PlanStatus, load, stream, types};
 use tokio::{io::AsyncReadExt as _, process::Command};
+use tracing::Instrument as _;
 
 /// What a role runs.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -510,7 +511,15 @@ impl RunnerAgent {
         if field(&event.data, "agent") != self.manifest.name {
             return Ok(json!({"skip": "dispatched to another agent"}));
         }
-        let mut outcome = self.run_task(work, event).await?;
+        let span = tracing::info_span!(
+            "task.run",
+            plan.id = field(&event.data, "plan_id"),
+            task.id = field(&event.data, "task_id"),
+            task.attempt = event.data["attempt"].as_u64().unwrap_or(1),
+            task.kind = field(&event.data, "kind"),
+            agent.name = %self.manifest.name,
+        );
+        let mut outcome = self.run_task(work, event).instrument(span).await?;
         if outcome.get("type").is_some() {
             let report = read_report(&self.run_dir(event).join("report.json"));
             if let Some(send) = report["messages"].as_array() {

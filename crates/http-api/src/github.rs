@@ -77,6 +77,7 @@ struct Recorded {
 }
 
 /// `POST /v1/github/webhook`
+#[tracing::instrument(name = "github.webhook", skip_all, fields(github.event, github.delivery))]
 pub(crate) async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -108,6 +109,8 @@ pub(crate) async fn webhook(
     let delivery = checked_header(&headers, "X-GitHub-Delivery", 100, |b| {
         b.is_ascii_alphanumeric() || b == b'-'
     })?;
+    tracing::Span::current().record("github.event", event);
+    tracing::Span::current().record("github.delivery", delivery);
     let payload: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

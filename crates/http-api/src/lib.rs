@@ -298,8 +298,23 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(config.request_timeout_secs.max(1)),
         ))
         .layer(middleware::from_fn(record_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(http_span))
         .with_state(state)
+}
+
+/// The span of a request: `http.request`, continuing the caller's trace (`traceparent`).
+fn http_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.request",
+        http.method = %request.method(),
+        http.target = %request.uri().path(),
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    switchyard_telemetry::continue_from(&span, traceparent);
+    span
 }
 
 /// Records each request's latency by method, matched route (the pattern, never the raw path)

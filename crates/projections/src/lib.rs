@@ -385,6 +385,7 @@ async fn create_schema(
     Ok(())
 }
 
+#[tracing::instrument(name = "projection.apply", skip_all, fields(projection = projection.name(), events = events.len()))]
 async fn apply_page(
     tx: &mut PgConnection,
     projection: &dyn Projection,

@@ -36,6 +36,7 @@ use sqlx::{Connection, PgConnection};
 use switchyard_events::{Cursor, RecordedEvent, subject};
 use switchyard_store::{EventStore, ReadFilter, Wakeups};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Result of the relay.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -251,10 +252,18 @@ impl Relay {
 
     /// Publishes the events in order, with their acks awaited together; returns the last
     /// JetStream sequence.
-    #[tracing::instrument(name = "relay.publish", skip_all, fields(events = events.len()))]
+    #[tracing::instrument(name = "relay.publish_batch", skip_all, fields(events = events.len()))]
     async fn publish(&self, events: &[RecordedEvent]) -> Result<u64> {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
+            // One span per event, in the trace of the span that wrote it.
+            let span = tracing::info_span!(
+                "relay.publish",
+                event.id = %event.id,
+                event.r#type = %event.ty,
+                event.sequence = event.position,
+            );
+            switchyard_telemetry::continue_from(&span, event.traceparent.as_deref());
             let body = serde_json::to_vec(&event.to_cloudevent()).map_err(js)?;
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(body))
@@ -273,6 +282,7 @@ impl Relay {
             let ack = self
                 .jetstream
                 .send_publish(subject, message)
+                .instrument(span)
                 .await
                 .map_err(js)?;
             acks.push(ack.into_future());

@@ -105,7 +105,8 @@ impl EventStore {
     /// `(workspace, source, id)` is already stored are reported as duplicates (with the
     /// original position) and written again never. Concurrent calls share commits.
     #[tracing::instrument(name = "store.append", skip_all, fields(events = events.len()))]
-    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    pub async fn append(&self, mut events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        stamp_trace(&mut events);
         append::validate(&self.catalog, &events, self.max_batch_events)?;
         let types: Vec<EventType> = events.iter().map(|e| e.ty.clone()).collect();
         let (reply, answer) = oneshot::channel();
@@ -122,11 +123,13 @@ impl EventStore {
     /// with the caller's own writes (an agent's "handled" record, a projection's checkpoint).
     ///
     /// On [`Error::ConcurrentWrite`] the transaction is aborted: roll it back and retry.
+    #[tracing::instrument(name = "store.append", skip_all, fields(events = events.len(), in_transaction = true))]
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<Vec<Appended>> {
+        stamp_trace(&mut events);
         append::validate(&self.catalog, &events, self.max_batch_events)?;
         let types: Vec<EventType> = events.iter().map(|e| e.ty.clone()).collect();
         let written = append::write(conn, &[events.as_slice()], append::Lookup::Full)
@@ -156,6 +159,16 @@ fn count(types: &[EventType], appended: &[Appended]) {
     for (ty, appended) in types.iter().zip(appended) {
         if !appended.duplicate {
             switchyard_telemetry::metrics().appended(ty.as_str());
+        }
+    }
+}
+
+/// An event that carries no trace context continues the trace of the append (the current
+/// span), so that whoever handles it continues that trace.
+fn stamp_trace(events: &mut [NewEvent]) {
+    if let Some(traceparent) = switchyard_telemetry::current_traceparent() {
+        for event in events.iter_mut().filter(|e| e.traceparent.is_none()) {
+            event.traceparent = Some(traceparent.clone());
         }
     }
 }

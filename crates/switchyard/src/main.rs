@@ -109,13 +109,20 @@ enum ProjectionCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_ref())?;
-    let modes = init_logging(&settings);
+    let (modes, traces) = init_logging(&settings)?;
     match cli.command {
         Command::Migrate => {
             let pool = connect(&settings).await?;
             migrate(&pool).await
         }
-        Command::Serve { listen } => serve(settings, listen, modes).await,
+        Command::Serve { listen } => {
+            let served = serve(settings, listen, modes).await;
+            if let Some(traces) = traces {
+                // Flush what is still buffered.
+                let _ = traces.shutdown();
+            }
+            served
+        }
         Command::Projections { command } => projections(settings, command).await,
         Command::Proposals { workspace, command } => {
             let allow_self_approval = settings.api.allow_self_approval;
@@ -154,7 +161,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// Logs to stderr (stdout carries only what scripts read: the listening address), through a
 /// filter that the observability mode swaps at run time.
-fn init_logging(settings: &Settings) -> Arc<switchyard_telemetry::Modes> {
+fn init_logging(
+    settings: &Settings,
+) -> anyhow::Result<(
+    Arc<switchyard_telemetry::Modes>,
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+)> {
     use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let shipping = std::env::var("RUST_LOG").unwrap_or_else(|_| settings.log.filter.clone());
     let (filter, handle) = tracing_subscriber::reload::Layer::new(
@@ -163,21 +175,31 @@ fn init_logging(settings: &Settings) -> Arc<switchyard_telemetry::Modes> {
     );
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match settings.log.format {
-        LogFormat::Json => fmt.json().boxed(),
-        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    tracing_subscriber::registry().with(filter).with(fmt).init();
+    // Spans go to the exporter whatever the log filter says: Switchyard's own, from info.
+    let provider = switchyard_telemetry::provider(&settings.obs.traces)
+        .map_err(|e| anyhow::anyhow!("traces: {e}"))?;
+    let otel = provider.as_ref().map(|p| {
+        switchyard_telemetry::layer(p).with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("switchyard", tracing::Level::INFO),
+        )
+    });
+    tracing_subscriber::registry().with(fmt).with(otel).init();
     let reload = move |directives: &str| {
         let filter =
             tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     };
-    Arc::new(switchyard_telemetry::Modes::new(
+    let modes = Arc::new(switchyard_telemetry::Modes::new(
         Box::new(reload),
         &shipping,
         &settings.obs.debug_filter,
         settings.obs.mode,
-    ))
+    ));
+    Ok((modes, provider))
 }
 
 /// This run of the server, in `server_runs`: holds a session advisory lock on its id while the

@@ -66,6 +66,8 @@ pub(crate) struct ObsSettings {
     pub(crate) debug_filter: String,
     /// After an unclean shutdown is detected at start, debug mode for this long.
     pub(crate) crash_debug_secs: u64,
+    /// Where spans go.
+    pub(crate) traces: switchyard_telemetry::TraceConfig,
 }
 
 #[derive(Debug, Deserialize)]

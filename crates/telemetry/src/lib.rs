@@ -6,7 +6,11 @@
 //! Labels are bounded: event types (the catalog), agents, routes (the matched pattern, never
 //! the raw path), outcomes. No workspace, id or user appears in a label.
 
+mod traces;
+
 use std::sync::OnceLock;
+
+pub use traces::{Exporter, TraceConfig, continue_from, current_traceparent, layer, provider};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},

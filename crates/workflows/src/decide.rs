@@ -421,8 +421,21 @@ fn dispatch(
         task.spec.title,
         task.spec.description.as_deref().unwrap_or_default()
     );
-    let recommendation = ctx.router.recommend(&text, 3);
+    let span = tracing::info_span!(
+        "router.recommend",
+        task.id = task.id(),
+        router.top = tracing::field::Empty,
+        router.confidence = tracing::field::Empty,
+        router.decision = agent,
+        router.follows = tracing::field::Empty,
+    );
+    let recommendation = span.in_scope(|| ctx.router.recommend(&text, 3));
     let agrees = recommendation.first().is_some_and(|r| r.agent == agent);
+    if let Some(top) = recommendation.first() {
+        span.record("router.top", top.agent.as_str());
+        span.record("router.confidence", top.confidence);
+    }
+    span.record("router.follows", agrees);
     let base_commits: Vec<&str> = root
         .spec
         .depends_on
