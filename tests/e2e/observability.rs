@@ -316,6 +316,15 @@ async fn one_trace_follows_a_webhook_through_the_store_the_relay_and_two_agents(
     let by_name = |name: &str| -> Vec<&serde_json::Value> {
         all.iter().filter(|s| s["name"] == name).collect()
     };
+    let request = by_name("http.request");
+    assert!(
+        request
+            .iter()
+            .any(|s| s["attributes"]["process.memory_bytes"]
+                .as_str()
+                .is_some_and(|m| m != "0")),
+        "service-level spans carry the process's memory: {request:?}"
+    );
     let webhook = by_name("github.webhook");
     assert_eq!(webhook.len(), 1, "{all:#?}");
     let trace = webhook[0]["trace_id"].as_str().unwrap().to_owned();

@@ -304,10 +304,14 @@ pub fn router(state: AppState) -> Router {
 
 /// The span of a request: `http.request`, continuing the caller's trace (`traceparent`).
 fn http_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    // The process's CPU and memory ride on every request's span (read once a second).
+    let (cpu, memory) = switchyard_telemetry::process_figures_cached().unwrap_or_default();
     let span = tracing::info_span!(
         "http.request",
         http.method = %request.method(),
         http.target = %request.uri().path(),
+        process.cpu_seconds = cpu,
+        process.memory_bytes = memory,
     );
     let traceparent = request
         .headers()

@@ -208,6 +208,28 @@ struct ProjectionLabel {
     projection: String,
 }
 
+/// CPU seconds and resident bytes of this process, read at most once a second (for span
+/// attributes on every request, without reading `/proc` on every request).
+pub fn process_figures_cached() -> Option<(f64, f64)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static READ_AT_MS: AtomicU64 = AtomicU64::new(0);
+    static CPU_MS: AtomicU64 = AtomicU64::new(0);
+    static RSS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if now_ms.saturating_sub(READ_AT_MS.load(Ordering::Relaxed)) >= 1_000 {
+        let (cpu, rss) = process_figures()?;
+        CPU_MS.store((cpu * 1000.0) as u64, Ordering::Relaxed);
+        RSS.store(rss as u64, Ordering::Relaxed);
+        READ_AT_MS.store(now_ms, Ordering::Relaxed);
+    }
+    Some((
+        CPU_MS.load(Ordering::Relaxed) as f64 / 1000.0,
+        RSS.load(Ordering::Relaxed) as f64,
+    ))
+}
+
 /// CPU seconds (user + system) and resident bytes of this process, from `/proc` (Linux).
 fn process_figures() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
