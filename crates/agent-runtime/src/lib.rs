@@ -95,6 +95,22 @@ impl From<HandlerError> for Failure {
     }
 }
 
+/// Runs an agent's handler in its `agent.handle` span (the event's trace), timing it.
+async fn run_handler(
+    agent: &Arc<dyn Agent>,
+    ctx: &mut Context<'_>,
+    event: &RecordedEvent,
+) -> Result<(), HandlerError> {
+    let name = &agent.manifest().name;
+    let started = std::time::Instant::now();
+    let handled = agent
+        .handle(ctx, event)
+        .instrument(agent::handle_span(name, event))
+        .await;
+    switchyard_telemetry::metrics().handle_time(name, started.elapsed().as_secs_f64());
+    handled
+}
+
 fn js<E: std::fmt::Display>(e: E) -> Error {
     Error::JetStream(e.to_string())
 }
@@ -513,14 +529,7 @@ impl AgentRuntime {
             }
             sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
             let mut ctx = Context::new(&mut tx, manifest, event);
-            let started = std::time::Instant::now();
-            let handled = agent
-                .handle(&mut ctx, event)
-                .instrument(agent::handle_span(&manifest.name, event))
-                .await;
-            switchyard_telemetry::metrics()
-                .handle_time(&manifest.name, started.elapsed().as_secs_f64());
-            match handled {
+            match run_handler(agent, &mut ctx, event).await {
                 Ok(()) => {
                     emitted.push((event.position, ctx.into_emitted()));
                     sqlx::query("RELEASE SAVEPOINT event")
@@ -717,14 +726,7 @@ impl AgentRuntime {
             return Ok(());
         }
         let mut ctx = Context::new(&mut tx, manifest, event).with_work(work);
-        let started = std::time::Instant::now();
-        let handled = agent
-            .handle(&mut ctx, event)
-            .instrument(agent::handle_span(&manifest.name, event))
-            .await;
-        switchyard_telemetry::metrics()
-            .handle_time(&manifest.name, started.elapsed().as_secs_f64());
-        handled?;
+        run_handler(agent, &mut ctx, event).await?;
         let emitted = ctx.into_emitted();
         if !emitted.is_empty() {
             match self.store.append_in(&mut tx, emitted).await {

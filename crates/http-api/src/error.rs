@@ -255,3 +255,14 @@ pub(crate) fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
         )
     })
 }
+
+/// A JSON body that may be absent: empty means `T::default()`; otherwise it must parse as `T`
+/// (400 with serde's message).
+pub(crate) fn optional_body<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(parse_json(body)?).map_err(|e| ApiError::bad_request(e.to_string()))
+}

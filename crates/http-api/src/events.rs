@@ -234,10 +234,7 @@ pub(crate) async fn list_events(
         .map(EventType::parse)
         .transpose()
         .map_err(ApiError::from)?;
-    let limit = query
-        .limit
-        .unwrap_or(state.config.default_page)
-        .clamp(1, state.config.max_page);
+    let limit = state.config.page(query.limit);
     let filter = ReadFilter {
         workspace: Some(workspace),
         ty,

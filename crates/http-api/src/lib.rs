@@ -72,6 +72,15 @@ pub struct ApiConfig {
     pub auth_failure_burst: u32,
 }
 
+impl ApiConfig {
+    /// The page size of a list request: what it asked for, capped, or the default.
+    pub fn page(&self, asked: Option<u32>) -> u32 {
+        asked
+            .unwrap_or(self.default_page)
+            .clamp(1, self.max_page.max(1))
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {

@@ -102,10 +102,7 @@ pub(crate) async fn list(
         .existing_workspace(&principal, &workspace, Scope::Read)
         .await?;
     let Query(query) = query?;
-    let limit = query
-        .limit
-        .unwrap_or(state.config.default_page)
-        .clamp(1, state.config.max_page);
+    let limit = state.config.page(query.limit);
     let messages: Vec<Row> = sqlx::query_as(
         "SELECT m.message_id, m.sender, m.recipient, m.kind, m.content, m.reply_to, m.sent_at,
                 coalesce(array_agg(a.agent ORDER BY a.agent) FILTER (WHERE a.agent IS NOT NULL), '{}') AS acknowledged_by

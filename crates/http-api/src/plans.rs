@@ -19,7 +19,10 @@ use switchyard_workflows::{
     validate,
 };
 
-use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
+use crate::{
+    ApiError, AppState, Principal, Scope,
+    error::{optional_body, parse_json},
+};
 
 fn event(
     workspace: &Workspace,
@@ -152,10 +155,7 @@ pub(crate) async fn list(
             "status must be running, succeeded, aborted or cancelled",
         ));
     }
-    let limit = query
-        .limit
-        .unwrap_or(state.config.default_page)
-        .clamp(1, state.config.max_page);
+    let limit = state.config.page(query.limit);
     let plans: Vec<PlanRow> = sqlx::query_as(
         "SELECT id, title, status, submitted_by, submitted_at, updated_at, finished_at, tasks, done, escalated
          FROM proj_workflows.plans
@@ -204,13 +204,6 @@ pub(crate) async fn show(
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     reason: Option<String>,
-}
-
-fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_value(parse_json(body)?).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 async fn append_decided(state: &AppState, event: NewEvent, what: &str) -> Result<(), ApiError> {

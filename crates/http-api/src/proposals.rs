@@ -18,7 +18,10 @@ use switchyard_proposals::{
 };
 use switchyard_store::Error as StoreError;
 
-use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
+use crate::{
+    ApiError, AppState, Principal, Scope,
+    error::{optional_body, parse_json},
+};
 
 /// Fields the server owns: a body that carries one is refused, not honoured.
 const SERVER_OWNED: &[&str] = &[
@@ -137,10 +140,7 @@ pub(crate) async fn list(
             )
         })?),
     };
-    let limit = query
-        .limit
-        .unwrap_or(state.config.default_page)
-        .clamp(1, state.config.max_page);
+    let limit = state.config.page(query.limit);
     let proposals: Vec<ProposalRow> = sqlx::query_as(
         "SELECT id, title, author, status, content_hash, created_at, decided_by, reason, commit_sha
          FROM proj_proposals.proposals
@@ -272,12 +272,7 @@ pub(crate) async fn approve(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let body: ApproveBody = if body.is_empty() {
-        ApproveBody::default()
-    } else {
-        serde_json::from_value(parse_json(&body)?)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?
-    };
+    let body: ApproveBody = optional_body(&body)?;
     let decision = Decision::Approve {
         comment: body.comment,
         content_hash: body.content_hash,
