@@ -208,6 +208,10 @@ impl Agent for Orchestrator {
                     silence_grace: self.config.silence_grace,
                 },
             );
+            if !decisions.is_empty() {
+                let kinds: Vec<&str> = decisions.iter().map(|d| d.ty).collect();
+                tracing::info!(plan = plan_id, version = state.version, decisions = ?kinds, "plan reconciled");
+            }
             let plan_stream =
                 StreamId::parse(&stream(plan_id)).map_err(|e| HandlerError::new(e.to_string()))?;
             let source = Source::parse("/agents/orchestrator")
