@@ -14,7 +14,8 @@ struct Fixture {
 
 const CODER: &str = r#"#!/bin/sh
 # A coding agent: records its run, works a second, writes <task>.txt.
-echo "$SWITCHYARD_TASK_ID $SWITCHYARD_ATTEMPT $SWITCHYARD_KIND" >> "$LOG"
+# The fourth field is the runner's server process (prlimit execs the command).
+echo "$SWITCHYARD_TASK_ID $SWITCHYARD_ATTEMPT $SWITCHYARD_KIND $PPID" >> "$LOG"
 if grep -q '"feedback"' "$SWITCHYARD_TASK_FILE"; then echo "feedback $SWITCHYARD_TASK_ID" >> "$LOG"; fi
 if grep -q 'use the structured logger' "$SWITCHYARD_TASK_FILE"; then echo "message from a person $SWITCHYARD_TASK_ID" >> "$LOG"; fi
 if grep -q 'from the reviewer' "$SWITCHYARD_TASK_FILE"; then echo "message from the reviewer $SWITCHYARD_TASK_ID" >> "$LOG"; fi
@@ -768,5 +769,42 @@ async fn task_text_never_reaches_a_shell_and_other_workspaces_plans_answer_missi
         .await
         .unwrap();
     assert_eq!(after, before, "nothing was appended");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_share_a_plan_and_run_each_task_once() {
+    let fixture = Fixture::new();
+    let server = fixture.server().await;
+    let twin = server.twin().await;
+    let tasks: Vec<Value> = (0..8)
+        .map(|i| json!({"id": format!("t{i}"), "title": format!("Implement part {i}"), "role": "coder"}))
+        .collect();
+    let plan = json!({"id": "shared", "title": "Eight independent tasks", "concurrency": {"global": 8},
+                      "tasks": tasks});
+    let (status, made) = twin.submit_plan(&plan).await;
+    assert_eq!(status, 201, "{made}");
+    let shown = server
+        .wait_plan("shared", 90, |p| p["status"] != "running")
+        .await;
+    assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    let log = fixture.log();
+    for i in 0..8 {
+        let runs = log
+            .iter()
+            .filter(|l| l.starts_with(&format!("t{i} ")))
+            .count();
+        assert_eq!(runs, 1, "t{i} ran once: {log:?}");
+    }
+    let completed = server.typed("task.completed.v1").await;
+    assert_eq!(completed.len(), 8);
+    // The work was shared: each instance holds at most 4 runs at once, and both ran some.
+    let servers: std::collections::BTreeSet<&str> =
+        log.iter().filter_map(|l| l.split(' ').nth(3)).collect();
+    assert_eq!(servers.len(), 2, "both instances ran tasks: {log:?}");
+    let dispatched = server.typed("task.dispatched.v1").await;
+    assert_eq!(dispatched.len(), 8, "each task dispatched once");
+    assert_eq!(server.typed("plan.finished.v1").await.len(), 1);
+    twin.stop().await;
     server.stop().await;
 }

@@ -363,15 +363,18 @@ impl AgentRuntime {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let consumer = self.consumer(&agent.manifest().name, ty).await?;
-        // Whatever has arrived is handled as one batch: one transaction, one commit. Long work
-        // goes one delivery at a time.
-        let batch = if agent.long_running() {
-            1
-        } else {
-            self.config.batch.max(1)
-        };
-        let mut batches = consumer.messages().await.map_err(js)?.ready_chunks(batch);
         let concurrency = self.config.concurrency.max(1);
+        if agent.long_running() {
+            return self
+                .consume_slots(agent, &consumer, concurrency, shutdown)
+                .await;
+        }
+        // Whatever has arrived is handled as one batch: one transaction, one commit.
+        let mut batches = consumer
+            .messages()
+            .await
+            .map_err(js)?
+            .ready_chunks(self.config.batch.max(1));
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             tokio::select! {
@@ -390,6 +393,45 @@ impl AgentRuntime {
             }
         }
         while in_flight.next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Long work: each of `slots` pulls one message only when it is free, so that this
+    /// instance never holds a delivery it is not working on (a message buffered behind long
+    /// runs would outlive its ack wait and be delivered to another instance as well).
+    async fn consume_slots(
+        &self,
+        agent: &Arc<dyn Agent>,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        slots: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let slot = || async {
+            while !shutdown.is_cancelled() {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(1)
+                    .expires(Duration::from_secs(5))
+                    .messages()
+                    .await
+                    .map_err(js)?;
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    next = batch.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => self.process(agent, vec![message], shutdown).await,
+                    Some(Err(e)) => return Err(js(e)),
+                    None => {} // the pull expired empty: ask again
+                }
+            }
+            Ok(())
+        };
+        let mut running: futures::stream::FuturesUnordered<_> =
+            (0..slots).map(|_| slot()).collect();
+        while let Some(result) = running.next().await {
+            result?;
+        }
         Ok(())
     }
 

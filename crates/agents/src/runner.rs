@@ -421,9 +421,14 @@ async fn prepare_tree(
     match repository {
         Some(repo) if repo.join(".git").exists() => {
             let target = tree.to_string_lossy().into_owned();
-            // A worktree left registered by a run that died before its directory existed.
-            let _ = git(repo, &["worktree", "prune"]).await;
-            git(repo, &["worktree", "add", "--detach", &target, "HEAD"]).await?;
+            // `--force`: a worktree left registered by a run that died before its directory
+            // existed is taken over. (Not `git worktree prune`: run beside another run's `add`,
+            // it removes that worktree's half-made records.)
+            git(
+                repo,
+                &["worktree", "add", "--force", "--detach", &target, "HEAD"],
+            )
+            .await?;
             for commit in base_commits {
                 git(tree, &["merge", "--no-edit", "--quiet", commit])
                     .await
