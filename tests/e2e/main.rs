@@ -98,7 +98,13 @@ impl Server {
 
     /// Creates workspace `id` (201 expected).
     async fn create_workspace(&self, id: &str) {
-        let body = json!({"id": id, "name": id, "repository": {"kind": "local", "path": format!("/tmp/{id}")}});
+        self.create_workspace_with(id, json!({"kind": "local", "path": format!("/tmp/{id}")}))
+            .await;
+    }
+
+    /// Creates workspace `id` bound to `repository` (201 expected).
+    async fn create_workspace_with(&self, id: &str, repository: Value) {
+        let body = json!({"id": id, "name": id, "repository": repository});
         let (status, body) = self
             .request(
                 "POST",
@@ -113,6 +119,12 @@ impl Server {
     /// SIGKILL, then start again on the same database and stream (on a new port).
     async fn kill_and_restart(&mut self) {
         self.child.kill().await.unwrap();
+        self.respawn().await;
+    }
+
+    /// Starts the server again (after it exited) on the same database, stream and
+    /// environment, on a new port.
+    async fn respawn(&mut self) {
         let (child, address) =
             spawn_env(&self.url, &self.nats, &self.stream, &self.prefix, &self.env).await;
         self.child = child;

@@ -157,10 +157,7 @@ impl Server {
             .expect("the server stops within 20 s of SIGTERM")
             .unwrap();
         assert!(status.success(), "a clean stop exits 0: {status}");
-        let (child, address) =
-            crate::spawn_env(&self.url, &self.nats, &self.stream, &self.prefix, &self.env).await;
-        self.child = child;
-        self.address = address;
+        self.respawn().await;
     }
 
     async fn mode(&self) -> serde_json::Value {
@@ -260,17 +257,12 @@ async fn one_trace_follows_a_webhook_through_the_store_the_relay_and_two_agents(
         ],
     )
     .await;
-    let workspace = json!({"id": "hub", "name": "Hub",
-        "repository": {"kind": "github", "owner": "acme", "repo": "widgets"}});
-    let (status, body) = server
-        .request(
-            "POST",
-            "/v1/workspaces",
-            &[AUTH, ("Content-Type", "application/json")],
-            &workspace.to_string(),
+    server
+        .create_workspace_with(
+            "hub",
+            json!({"kind": "github", "owner": "acme", "repo": "widgets"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
     // A failed check on a Switchyard branch: the github agent asks for a task
     // (task.requested.v1), which the orchestrator makes a plan of, and then drives.
     let payload = json!({

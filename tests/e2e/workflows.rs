@@ -136,17 +136,12 @@ env = {{ LOG = "{log}" }}
             )],
         )
         .await;
-        let body = json!({"id": "wf", "name": "wf",
-            "repository": {"kind": "local", "path": self.dir.join("repo")}});
-        let (status, made) = server
-            .request(
-                "POST",
-                "/v1/workspaces",
-                &[AUTH, ("Content-Type", "application/json")],
-                &body.to_string(),
+        server
+            .create_workspace_with(
+                "wf",
+                json!({"kind": "local", "path": self.dir.join("repo")}),
             )
             .await;
-        assert_eq!(status, 201, "{made}");
         server
     }
 }
@@ -675,15 +670,9 @@ async fn task_text_never_reaches_a_shell_and_other_workspaces_plans_answer_missi
 
     // Another workspace's token: the plan answers exactly like a missing one, and nothing is
     // appended.
-    let (status, _) = server
-        .request(
-            "POST",
-            "/v1/workspaces",
-            &[AUTH, ("Content-Type", "application/json")],
-            &json!({"id": "other", "name": "other", "repository": {"kind": "local", "path": "/tmp/other"}}).to_string(),
-        )
+    server
+        .create_workspace_with("other", json!({"kind": "local", "path": "/tmp/other"}))
         .await;
-    assert_eq!(status, 201);
     let (status, made) = server
         .request(
             "POST",
