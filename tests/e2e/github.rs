@@ -217,14 +217,24 @@ async fn github_merges_commands_and_ci_failures_drive_proposals_and_tasks() {
     );
     assert_eq!(merged["data"]["pull_request"], 1);
     assert_eq!(merged["data"]["merged_by"], "octocat");
-    let (_, list) = server
-        .request(
-            "GET",
-            "/v1/workspaces/hub/proposals?status=merged",
-            &[AUTH],
-            "",
-        )
-        .await;
+    // The list is a projection: it may be a moment behind the stream (other tests' open
+    // transactions hold the cluster's read watermark back).
+    let mut list = Value::Null;
+    for _ in 0..100 {
+        list = server
+            .request(
+                "GET",
+                "/v1/workspaces/hub/proposals?status=merged",
+                &[AUTH],
+                "",
+            )
+            .await
+            .1;
+        if list["proposals"][0]["id"] == first.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(list["proposals"][0]["id"], first.as_str(), "{list}");
 
     // A command from someone not allowed: a reply, a record, no decision.
