@@ -13,7 +13,7 @@ use crate::messages::{MESSAGE_ACKNOWLEDGED, MESSAGE_SENT, Message, inbox};
 pub const MEMORY_RECORDED: &str = "agent.memory.recorded.v1";
 
 /// What an agent declares about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Manifest {
     /// Unique name: `a-z`, `0-9`, `-`, `_`; also its `source` (`/agents/<name>`).
     pub name: String,
@@ -26,6 +26,12 @@ pub struct Manifest {
     /// The event types it may emit (`agent.memory.recorded.v1` is always allowed, through
     /// `remember`).
     pub emits: Vec<EventType>,
+    /// The artifacts it produces (names from `config/artifacts.yaml`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub produces: Vec<String>,
+    /// The artifacts it consumes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumes: Vec<String>,
 }
 
 impl Manifest {
@@ -40,14 +46,21 @@ impl Manifest {
 
     /// The data of its `agent.registered.v1` event.
     pub(crate) fn registration(&self) -> Value {
-        json!({
+        let mut data = json!({
             "name": self.name,
             "version": self.version,
             "capabilities": self.capabilities,
             "subscribes": self.subscribes,
             "emits": self.emits,
             "manifest_hash": self.hash(),
-        })
+        });
+        if !self.produces.is_empty() {
+            data["produces"] = json!(self.produces);
+        }
+        if !self.consumes.is_empty() {
+            data["consumes"] = json!(self.consumes);
+        }
+        data
     }
 }
 
@@ -295,6 +308,16 @@ impl<'t> Context<'t> {
 
     pub(crate) fn into_emitted(self) -> Vec<NewEvent> {
         self.emitted
+    }
+
+    /// The event being handled.
+    pub fn cause(&self) -> &RecordedEvent {
+        self.cause
+    }
+
+    /// The manifest of the agent handling the event.
+    pub fn manifest(&self) -> &Manifest {
+        self.manifest
     }
 
     /// The transaction the handler runs in, for reading (projections, the store).

@@ -28,6 +28,8 @@ impl Retrospective {
         };
         Self {
             manifest: Manifest {
+produces: Vec::new(),
+consumes: Vec::new(),
                 name: "retrospective".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["retrospective".into(), "metrics".into()],

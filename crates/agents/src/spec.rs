@@ -39,6 +39,8 @@ impl SpecAgent {
         };
         Self {
             manifest: Manifest {
+produces: Vec::new(),
+consumes: Vec::new(),
                 name: "spec".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["spec".into(), "docs".into()],
