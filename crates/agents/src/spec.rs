@@ -1,19 +1,31 @@
 //! The spec agent: looks at the workspace's repository and proposes changes it can justify from
-//! the files alone, deterministically. Today's finding: Markdown links to files that do not
-//! exist (the change removes the link and keeps its text).
+//! the files alone, deterministically. Two kinds of finding: Markdown links to files that do
+//! not exist (`broken-link`, confidence 0.9: the change removes the link and keeps its text),
+//! and Markdown files with trailing whitespace (`trailing-whitespace`, confidence 0.6).
 //!
 //! Each finding has a stable fingerprint. The agent remembers what it proposed and what people
 //! rejected (`remember`, so it survives restarts) and proposes neither again. It honours
 //! `project_scope.md` at the repository root: lines `exclude: <path prefix>` put paths out of
-//! scope, lines `exclude-kind: <kind>` (e.g. `broken-link`) kinds of change. It runs on `workspace.created.v1`, `git.commit.v1` and `agent.run_requested.v1`
-//! naming it, and learns from `proposal.rejected.v1`.
+//! scope, lines `exclude-kind: <kind>` (e.g. `broken-link`) kinds of change; the `rules` of the
+//! `project_scope.md` contract (`config/artifacts.yaml`) are added to the file's. It runs on
+//! `workspace.created.v1`, `git.commit.v1` and `agent.run_requested.v1` naming it, and learns
+//! from `proposal.rejected.v1`.
+//!
+//! It acts on its retrospective action items (`agent.action_item.assigned.v1`): `avoid_kind`
+//! stops it proposing a kind of change, `raise_confidence` raises the confidence a finding
+//! needs. Either is remembered (`avoid-kind:<kind>`, `min-confidence`, and a line under
+//! `adaptation:<item>` saying why), and reported with `agent.action_item.completed.v1`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
+use switchyard_artifacts::{Contracts, contracts_for};
 use switchyard_events::{EventType, RecordedEvent};
 use switchyard_proposals::{Action, Change, Draft, Finding, created_data, stream};
 
@@ -21,6 +33,7 @@ use switchyard_proposals::{Action, Change, Draft, Finding, created_data, stream}
 #[derive(Debug)]
 pub struct SpecAgent {
     manifest: Manifest,
+    contracts: Arc<Contracts>,
 }
 
 /// Most files one run reads, to keep a run bounded on a large repository.
@@ -29,8 +42,8 @@ const MAX_FILES: usize = 5_000;
 const MAX_PROPOSALS: usize = 20;
 
 impl SpecAgent {
-    /// With its manifest.
-    pub fn new() -> Self {
+    /// With its manifest, under `contracts`.
+    pub fn new(contracts: Arc<Contracts>) -> Self {
         let types = |names: &[&str]| {
             names
                 .iter()
@@ -39,8 +52,6 @@ impl SpecAgent {
         };
         Self {
             manifest: Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
                 name: "spec".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["spec".into(), "docs".into()],
@@ -49,18 +60,19 @@ consumes: Vec::new(),
                     "git.commit.v1",
                     "agent.run_requested.v1",
                     "proposal.rejected.v1",
+                    "agent.action_item.assigned.v1",
                 ]),
-                emits: types(&["proposal.created.v1"]),
+                emits: types(&["proposal.created.v1", "agent.action_item.completed.v1"]),
+                produces: Vec::new(),
+                consumes: vec![SCOPE.into()],
             },
+            contracts,
         }
     }
 }
 
-impl Default for SpecAgent {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The artifact whose rules it follows.
+const SCOPE: &str = "project_scope.md";
 
 /// A Markdown link to a file that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,10 +151,10 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
 
 /// The rules of `project_scope.md` with this prefix (`exclude:` path prefixes out of scope,
 /// `exclude-kind:` kinds of change not wanted).
-fn scope_rules(root: &Path, prefix: &str) -> Vec<String> {
-    std::fs::read_to_string(root.join("project_scope.md"))
-        .unwrap_or_default()
-        .lines()
+fn scope_rules(root: &Path, extra: &[String], prefix: &str) -> Vec<String> {
+    let file = std::fs::read_to_string(root.join("project_scope.md")).unwrap_or_default();
+    file.lines()
+        .chain(extra.iter().map(String::as_str))
         .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix(prefix))
         .map(|p| p.trim().trim_start_matches("./").to_owned())
         .filter(|p| !p.is_empty())
@@ -150,22 +162,20 @@ fn scope_rules(root: &Path, prefix: &str) -> Vec<String> {
 }
 
 /// Path prefixes that `project_scope.md` puts out of scope.
-fn excluded(root: &Path) -> Vec<String> {
-    scope_rules(root, "exclude:")
+fn excluded(root: &Path, extra: &[String]) -> Vec<String> {
+    scope_rules(root, extra, "exclude:")
 }
 
 /// The kind of finding this agent reports.
 const BROKEN_LINK: &str = "broken-link";
 
-fn find_broken_links(root: &Path) -> Vec<BrokenLink> {
-    if scope_rules(root, "exclude-kind:")
-        .iter()
-        .any(|k| k == BROKEN_LINK)
-    {
-        return Vec::new();
-    }
-    let excluded = excluded(root);
-    let mut found = Vec::new();
+/// The kind of the other finding.
+const TRAILING_WHITESPACE: &str = "trailing-whitespace";
+
+/// Markdown files in scope, relative, with their text.
+fn scoped_markdown(root: &Path, extra: &[String]) -> Vec<(PathBuf, String, String)> {
+    let excluded = excluded(root, extra);
+    let mut out = Vec::new();
     for file in markdown_files(root) {
         let Ok(relative) = file.strip_prefix(root) else {
             continue;
@@ -177,6 +187,49 @@ fn find_broken_links(root: &Path) -> Vec<BrokenLink> {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
+        out.push((file, relative, text));
+    }
+    out
+}
+
+/// Files with lines that end in spaces or tabs: (file, the text without them).
+fn find_trailing_whitespace(root: &Path, extra: &[String]) -> Vec<(String, String, String)> {
+    if scope_rules(root, extra, "exclude-kind:")
+        .iter()
+        .any(|k| k == TRAILING_WHITESPACE)
+    {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for (_, relative, text) in scoped_markdown(root, extra) {
+        let fixed: String = text
+            .split_inclusive('\n')
+            .map(|line| {
+                let (body, end) = match line.strip_suffix('\n') {
+                    Some(body) => (body, "\n"),
+                    None => (line, ""),
+                };
+                format!("{}{end}", body.trim_end_matches([' ', '\t']))
+            })
+            .collect();
+        if fixed != text {
+            let digest = Sha256::digest(format!("{TRAILING_WHITESPACE}\0{relative}\0{text}").as_bytes());
+            let fingerprint: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            found.push((relative, fixed, fingerprint));
+        }
+    }
+    found
+}
+
+fn find_broken_links(root: &Path, extra: &[String]) -> Vec<BrokenLink> {
+    if scope_rules(root, extra, "exclude-kind:")
+        .iter()
+        .any(|k| k == BROKEN_LINK)
+    {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for (file, relative, text) in scoped_markdown(root, extra) {
         let dir = file.parent().unwrap_or(root);
         for (label, target) in links(&text) {
             let path = target.split('#').next().unwrap_or_default();
@@ -216,20 +269,19 @@ impl SpecAgent {
             return Ok(()); // only local repositories are read today
         };
         let root = PathBuf::from(root);
-        let mut proposed = 0;
-        for finding in find_broken_links(&root) {
-            let fingerprint = finding.fingerprint();
-            if ctx
-                .recall(&format!("rejected:{fingerprint}"))
-                .await?
-                .is_some()
-                || ctx
-                    .recall(&format!("proposed:{fingerprint}"))
-                    .await?
-                    .is_some()
-            {
-                continue;
-            }
+        let contracts = contracts_for(ctx.connection(), &self.contracts, event.workspace.as_str())
+            .await?;
+        let rules = contracts
+            .get(SCOPE)
+            .map(|c| c.rules.clone())
+            .unwrap_or_default();
+        let min_confidence = ctx
+            .recall("min-confidence")
+            .await?
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        let mut drafts = Vec::new();
+        for finding in find_broken_links(&root, &rules) {
             let Ok(content) = std::fs::read_to_string(root.join(&finding.file)) else {
                 continue;
             };
@@ -238,7 +290,7 @@ impl SpecAgent {
             if fixed == content {
                 continue;
             }
-            let draft = Draft {
+            drafts.push(Draft {
                 title: format!(
                     "Remove the dead link to {} from {}",
                     finding.target, finding.file
@@ -258,10 +310,52 @@ impl SpecAgent {
                 )),
                 confidence: Some(0.9),
                 finding: Some(Finding {
-                    fingerprint: fingerprint.clone(),
-                    kind: "broken-link".into(),
+                    fingerprint: finding.fingerprint(),
+                    kind: BROKEN_LINK.into(),
                 }),
+            });
+        }
+        for (file, fixed, fingerprint) in find_trailing_whitespace(&root, &rules) {
+            drafts.push(Draft {
+                title: format!("Strip trailing whitespace from {file}"),
+                description: format!(
+                    "Lines of {file} end in spaces or tabs. This removes them and changes nothing else."
+                ),
+                changes: vec![Change {
+                    path: file.clone(),
+                    action: Action::Modify,
+                    content: Some(fixed),
+                }],
+                rationale: Some("Trailing whitespace shows up as noise in diffs.".into()),
+                confidence: Some(0.6),
+                finding: Some(Finding {
+                    fingerprint,
+                    kind: TRAILING_WHITESPACE.into(),
+                }),
+            });
+        }
+        let mut proposed = 0;
+        for draft in drafts {
+            let Some(finding) = draft.finding.clone() else {
+                continue;
             };
+            let fingerprint = &finding.fingerprint;
+            if draft.confidence.unwrap_or(1.0) < min_confidence
+                || ctx
+                    .recall(&format!("avoid-kind:{}", finding.kind))
+                    .await?
+                    .is_some()
+                || ctx
+                    .recall(&format!("rejected:{fingerprint}"))
+                    .await?
+                    .is_some()
+                || ctx
+                    .recall(&format!("proposed:{fingerprint}"))
+                    .await?
+                    .is_some()
+            {
+                continue;
+            }
             let id = uuid::Uuid::now_v7().to_string();
             ctx.emit(
                 "proposal.created.v1",
@@ -275,6 +369,61 @@ impl SpecAgent {
             }
         }
         Ok(())
+    }
+
+    /// Acts on an action item from a retrospective and reports it done, saying in its memory
+    /// what changed and why.
+    async fn adapt(
+        &self,
+        ctx: &mut Context<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        let data = &event.data;
+        if data["agent"] != "spec" {
+            return Ok(());
+        }
+        let item = data["action_item_id"].as_str().unwrap_or_default().to_owned();
+        let action = &data["action"];
+        let rate = action["approval_rate"].as_f64().unwrap_or_default();
+        let target = action["target"].as_f64().unwrap_or_default();
+        let why = format!(
+            "approval rate {:.0}% below the {:.0}% target (retrospective {})",
+            rate * 100.0,
+            target * 100.0,
+            data["retrospective_id"].as_str().unwrap_or_default()
+        );
+        let (status, outcome) = match (action["kind"].as_str(), action["finding_kind"].as_str(), action["min_confidence"].as_f64()) {
+            (Some("avoid_kind"), Some(kind), _) => {
+                ctx.remember(&format!("avoid-kind:{kind}"), json!({"action_item": item, "why": why}))?;
+                ("done", format!("No longer proposes {kind} changes: {why}."))
+            }
+            (Some("raise_confidence"), _, Some(threshold)) => {
+                let current = ctx
+                    .recall("min-confidence")
+                    .await?
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0);
+                let threshold = threshold.clamp(0.0, 1.0).max(current);
+                ctx.remember("min-confidence", json!(threshold))?;
+                (
+                    "done",
+                    format!("Proposes only findings with confidence of at least {threshold:.2}: {why}."),
+                )
+            }
+            _ => (
+                "dropped",
+                format!("The spec agent cannot act on {}.", action["kind"]),
+            ),
+        };
+        ctx.remember(&format!("adaptation:{item}"), json!(outcome))?;
+        ctx.emit(
+            "agent.action_item.completed.v1",
+            &format!("agent/spec/action-items/{item}"),
+            json!({
+                "action_item_id": item, "retrospective_id": data["retrospective_id"],
+                "agent": "spec", "outcome": outcome, "status": status,
+            }),
+        )
     }
 
     /// A rejected finding is remembered, so it is not proposed again.
@@ -316,6 +465,7 @@ impl Agent for SpecAgent {
         Box::pin(async move {
             match event.ty.as_str() {
                 "proposal.rejected.v1" => self.learn(ctx, event).await,
+                "agent.action_item.assigned.v1" => self.adapt(ctx, event).await,
                 "agent.run_requested.v1" if event.data["agent"] != "spec" => Ok(()),
                 _ => self.run(ctx, event).await,
             }
@@ -352,7 +502,7 @@ mod tests {
         .unwrap();
         std::fs::write(root.join("vendor/x.md"), "[gone](nowhere.md)").unwrap();
         std::fs::write(root.join("project_scope.md"), "- exclude: vendor/\n").unwrap();
-        let found = find_broken_links(&root);
+        let found = find_broken_links(&root, &[]);
         let pairs: Vec<(&str, &str)> = found
             .iter()
             .map(|f| (f.file.as_str(), f.target.as_str()))
@@ -364,7 +514,7 @@ mod tests {
         assert_ne!(found[0].fingerprint(), found[1].fingerprint());
         assert_eq!(
             found[0].fingerprint(),
-            find_broken_links(&root)[0].fingerprint(),
+            find_broken_links(&root, &[])[0].fingerprint(),
             "stable"
         );
         std::fs::remove_dir_all(&root).unwrap();

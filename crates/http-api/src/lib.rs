@@ -5,6 +5,7 @@
 //! only after its events are committed; every error has the shape
 //! `{"code", "message", "pointer"?}` and appends nothing.
 
+mod artifacts;
 mod auth;
 mod error;
 mod events;
@@ -40,6 +41,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{
     BootstrapError, MIN_TOKEN_LEN, Principal, Scope, bootstrap_admin_token, token_hash,
 };
+pub use artifacts::trigger as retrospective_trigger;
 pub use error::ApiError;
 pub use github::{CatchUpReport, MAX_WEBHOOK_BODY, WEBHOOK_PATH, catch_up};
 pub use ops::{Ops, OpsError};
@@ -115,6 +117,15 @@ pub struct AppState {
     auth_failures: Arc<auth::AuthFailures>,
     /// The observability mode, for `GET/PUT /v1/ops/mode`.
     modes: Option<Arc<switchyard_telemetry::Modes>>,
+    /// The artifact contracts and the agents they are held against.
+    artifacts: Option<Arc<ArtifactSetup>>,
+}
+
+/// The artifact contracts and what the running agents say about artifacts.
+#[derive(Debug)]
+pub(crate) struct ArtifactSetup {
+    pub(crate) contracts: Arc<switchyard_artifacts::Contracts>,
+    pub(crate) agents: Vec<switchyard_artifacts::AgentArtifacts>,
 }
 
 /// A webhook secret, kept out of logs and `Debug`.
@@ -160,7 +171,20 @@ impl AppState {
             webhook_secret: None,
             github: None,
             modes: None,
+            artifacts: None,
         }
+    }
+
+    /// Plugs in the artifact contracts (the artifacts routes, and the check of a workspace's
+    /// `artifacts` settings against `agents`).
+    #[must_use]
+    pub fn with_artifacts(
+        mut self,
+        contracts: Arc<switchyard_artifacts::Contracts>,
+        agents: Vec<switchyard_artifacts::AgentArtifacts>,
+    ) -> Self {
+        self.artifacts = Some(Arc::new(ArtifactSetup { contracts, agents }));
+        self
     }
 
     /// Plugs in the observability mode (`/v1/ops/mode`).
@@ -274,6 +298,17 @@ pub fn router(state: AppState) -> Router {
             post(messages::send).get(messages::list),
         )
         .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
+        .route("/v1/workspaces/{ws}/artifacts", get(artifacts::list))
+        .route("/v1/workspaces/{ws}/artifacts/{name}", get(artifacts::show))
+        .route(
+            "/v1/workspaces/{ws}/artifacts/{name}/content",
+            get(artifacts::content),
+        )
+        .route(
+            "/v1/workspaces/{ws}/retrospectives",
+            post(artifacts::start).get(artifacts::retrospectives),
+        )
+        .route("/v1/workspaces/{ws}/metrics", get(artifacts::metrics))
         .route("/v1/github/catch-up", post(github::catch_up_route))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke))

@@ -135,6 +135,7 @@ pub(crate) async fn put_settings(
         .existing_workspace(&principal, &workspace, Scope::Admin)
         .await?;
     let data = parse_json(&body?)?;
+    check_artifacts(&state, &workspace, &data)?;
     let event = NewEvent::new(
         workspace.clone(),
         Source::parse("/api").map_err(ApiError::from)?,
@@ -148,4 +149,40 @@ pub(crate) async fn put_settings(
         error
     })?;
     Ok(Json(json!({"workspace": workspace, "settings": data})).into_response())
+}
+
+/// A workspace's `artifacts` overrides must leave contracts that hold against the running
+/// agents, like the server's own at start: else 422 naming the artifact and the agent.
+fn check_artifacts(
+    state: &AppState,
+    workspace: &Workspace,
+    data: &serde_json::Value,
+) -> Result<(), ApiError> {
+    let Some(overrides) = data.get("artifacts") else {
+        return Ok(());
+    };
+    let overrides: Vec<switchyard_artifacts::Override> =
+        serde_json::from_value(overrides.clone()).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_contracts",
+                format!("artifacts: {e}"),
+            )
+            .at("/artifacts")
+        })?;
+    let Some(setup) = &state.artifacts else {
+        return Ok(());
+    };
+    setup
+        .contracts
+        .with_overrides(&overrides)
+        .check(&setup.agents, &format!("the artifacts of workspace {workspace}"))
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_contracts",
+                e.to_string(),
+            )
+            .at("/artifacts")
+        })
 }

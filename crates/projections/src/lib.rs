@@ -12,6 +12,7 @@
 //!   re-check of the checkpoint under it make them take turns, never apply twice.
 
 mod agent_state;
+mod retrospectives;
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +24,7 @@ use switchyard_store::{EventStore, ReadFilter, Wakeups};
 use tokio_util::sync::CancellationToken;
 
 pub use agent_state::AgentState;
+pub use retrospectives::Retrospectives;
 
 /// Result of the projection runner.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -109,7 +111,7 @@ impl ProjectionRunner {
 
     /// The built-in projections.
     pub fn builtin() -> Vec<Arc<dyn Projection>> {
-        vec![Arc::new(AgentState)]
+        vec![Arc::new(AgentState), Arc::new(Retrospectives)]
     }
 
     fn find(&self, name: &str) -> Result<&Arc<dyn Projection>> {

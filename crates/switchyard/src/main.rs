@@ -62,6 +62,24 @@ enum Command {
         #[command(subcommand)]
         command: cli::ProposalCommand,
     },
+    /// Start a retrospective now (a `retrospective.trigger.v1` with reason `manual`, requested
+    /// by `cli`), on the database directly; the retrospective agent answers it. Prints its id.
+    ///
+    /// Example: `switchyard retro -w demo --from 2026-12-01T00:00:00Z`
+    Retro {
+        /// The workspace.
+        #[arg(long, short, env = "SWITCHYARD_WORKSPACE", default_value = "demo")]
+        workspace: String,
+        /// Start of the period (RFC 3339); default: the end of the previous retrospective.
+        #[arg(long, value_name = "TIME")]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End of the period (RFC 3339); default: now. Needs --from.
+        #[arg(long, value_name = "TIME", requires = "from")]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Its id; default: a new UUIDv7.
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Events as they are stored.
     Events {
         #[command(subcommand)]
@@ -133,6 +151,31 @@ async fn main() -> anyhow::Result<()> {
                 allow_self_approval,
             )
             .await
+        }
+        Command::Retro {
+            workspace,
+            from,
+            to,
+            id,
+        } => {
+            let store = open_store(&settings).await?;
+            let workspace = switchyard_events::Workspace::parse(&workspace)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let event = switchyard_http_api::retrospective_trigger(
+                workspace,
+                "/cli",
+                "cli",
+                id,
+                from.map(|f| (Some(f), to)),
+            )
+            .map_err(|e| anyhow::anyhow!("{}", serde_json::to_string(&e).unwrap_or_default()))?;
+            let id = event.data["retrospective_id"].clone();
+            let appended = store.append(vec![event]).await?;
+            println!(
+                "{}",
+                serde_json::json!({"retrospective_id": id, "sequence": appended.first().map(|a| a.position)})
+            );
+            Ok(())
         }
         Command::Events { command } => cli::events(open_store(&settings).await?, command).await,
         Command::Tokens { command } => cli::tokens(open_store(&settings).await?, command).await,
@@ -296,6 +339,7 @@ fn all_projections() -> Vec<Arc<dyn switchyard_projections::Projection>> {
     let mut projections = ProjectionRunner::builtin();
     projections.push(Arc::new(switchyard_proposals::ProposalsProjection));
     projections.push(Arc::new(switchyard_workflows::WorkflowsProjection));
+    projections.push(Arc::new(switchyard_artifacts::ArtifactsProjection));
     projections
 }
 
@@ -398,8 +442,26 @@ async fn serve(
         None => None,
     };
     let dead_letters = switchyard_agents::DeadLetterHandle::default();
-    let agents =
-        switchyard_agents::builtin(github.clone(), dead_letters.clone(), &settings.workflows);
+    let artifacts = artifact_agents(&settings)?;
+    let agents = switchyard_agents::builtin(
+        github.clone(),
+        dead_letters.clone(),
+        &settings.workflows,
+        &artifacts,
+    );
+    // The contracts must hold against the agents that run, or nothing starts.
+    let manifests: Vec<switchyard_artifacts::AgentArtifacts> = agents
+        .iter()
+        .map(|a| switchyard_artifacts::AgentArtifacts::from(a.manifest()))
+        .collect();
+    artifacts
+        .contracts
+        .check(&manifests, &contracts_origin(&settings))
+        .map_err(contract_error)?;
+    let schedule = match settings.retrospectives.schedule.trim() {
+        "" => None,
+        pattern => Some(switchyard_agents::parse_schedule(pattern).map_err(anyhow::Error::msg)?),
+    };
     let runtime = AgentRuntime::new(
         store.clone(),
         nats.clone(),
@@ -410,7 +472,7 @@ async fn serve(
     );
     runtime.register().await.context("registering agents")?;
     dead_letters.set(Arc::new(ops::RuntimeDeadLetters(runtime.clone())));
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(relay.clone().run(shutdown.clone())),
         tokio::spawn(projections.clone().run(shutdown.clone())),
         tokio::spawn(runtime.clone().run(shutdown.clone())),
@@ -420,6 +482,13 @@ async fn serve(
             shutdown.clone(),
         )),
     ];
+    if let Some(cron) = schedule {
+        tasks.push(tokio::spawn(switchyard_agents::schedule_retrospectives(
+            store.clone(),
+            cron,
+            shutdown.clone(),
+        )));
+    }
     let ops = Arc::new(ops::ServerOps {
         store: store.clone(),
         relay,
@@ -428,7 +497,8 @@ async fn serve(
     });
     let mut state = AppState::new(store.clone(), Some(nats), settings.api.clone())
         .with_ops(ops)
-        .with_modes(Arc::clone(&modes));
+        .with_modes(Arc::clone(&modes))
+        .with_artifacts(Arc::clone(&artifacts.contracts), manifests);
     match &settings.github.webhook_secret {
         Some(secret) => state = state.with_webhook_secret(WebhookSecret::new(secret.clone())),
         None => tracing::info!(
@@ -484,6 +554,44 @@ async fn serve(
     drop(run_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+fn contracts_origin(settings: &Settings) -> String {
+    settings.artifacts.file.as_ref().map_or_else(
+        || "config/artifacts.yaml (built in)".to_owned(),
+        |f| f.display().to_string(),
+    )
+}
+
+/// Contract problems, one per line.
+fn contract_error(e: switchyard_artifacts::ContractErrors) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the artifact contracts in {} do not hold:\n  - {}",
+        e.origin,
+        e.problems.join("\n  - ")
+    )
+}
+
+/// The contracts (the operator's file, else the built-in one) and the artifact agents'
+/// settings.
+fn artifact_agents(settings: &Settings) -> anyhow::Result<switchyard_agents::ArtifactAgents> {
+    let origin = contracts_origin(settings);
+    let contracts = match &settings.artifacts.file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read artifact contracts {}", file.display()))?;
+            switchyard_artifacts::Contracts::from_yaml(&text, &origin)
+        }
+        None => switchyard_artifacts::Contracts::builtin(),
+    }
+    .map_err(contract_error)?;
+    let stale_after = humantime::parse_duration(&settings.coach.stale_after)
+        .with_context(|| format!("coach.stale_after {:?} is not a duration", settings.coach.stale_after))?;
+    Ok(switchyard_agents::ArtifactAgents {
+        contracts: Arc::new(contracts),
+        retrospectives: settings.retrospectives.clone(),
+        stale_after,
+    })
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,9 @@ const KEYS: &[&str] = &[
     "server",
     "workflows",
     "obs",
+    "artifacts",
+    "retrospectives",
+    "coach",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +58,23 @@ pub(crate) struct Settings {
     pub(crate) server: switchyard_http_api::ServeLimits,
     pub(crate) workflows: switchyard_agents::WorkflowsConfig,
     pub(crate) obs: ObsSettings,
+    pub(crate) artifacts: ArtifactSettings,
+    pub(crate) retrospectives: switchyard_agents::RetrospectiveConfig,
+    pub(crate) coach: CoachSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ArtifactSettings {
+    /// A contracts file in place of the compiled-in `config/artifacts.yaml`.
+    pub(crate) file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CoachSettings {
+    /// A proposal waiting longer than this for a decision gets a nudge (e.g. `24h`).
+    pub(crate) stale_after: String,
 }
 
 #[derive(Debug, Deserialize)]
