@@ -113,8 +113,8 @@ async fn main() {
         Relay::new(store.clone(), client.clone(), relay_config.clone()).run(shutdown.clone()),
     );
     let agent = Answer(Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
+        produces: Vec::new(),
+        consumes: Vec::new(),
         name: "answer".into(),
         version: "1".into(),
         capabilities: vec![],

@@ -165,14 +165,20 @@ impl Agent for CoachAgent {
                         ),
                     )
                 } else if let Some(why) = item.state.strip_prefix("blocked: ") {
-                    unblock.push(format!("- [ ] Unblock `{}`: {} — {why}", item.id, item.title));
+                    unblock.push(format!(
+                        "- [ ] Unblock `{}`: {} — {why}",
+                        item.id, item.title
+                    ));
                     (
                         "blocked",
                         "people",
                         format!("{} (`{}`) is blocked: {why}", item.title, item.id),
                     )
                 } else {
-                    commit.push(format!("- [ ] Watch `{}` get committed: {}", item.id, item.title));
+                    commit.push(format!(
+                        "- [ ] Watch `{}` get committed: {}",
+                        item.id, item.title
+                    ));
                     continue;
                 };
                 let nudge_id = format!("{reason}-{}", item.id);

@@ -42,8 +42,8 @@ impl GitAgent {
         .collect();
         Self {
             manifest: Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
+                produces: Vec::new(),
+                consumes: Vec::new(),
                 name: "git".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["git".into(), "commit".into()],

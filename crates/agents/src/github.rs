@@ -92,8 +92,8 @@ impl GitHubAgent {
     pub fn new(github: Option<Arc<GitHubHost>>, dead_letters: DeadLetterHandle) -> Self {
         Self {
             manifest: Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
+                produces: Vec::new(),
+                consumes: Vec::new(),
                 name: "github".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["github".into(), "ci".into(), "commands".into()],

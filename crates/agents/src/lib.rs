@@ -71,7 +71,10 @@ pub fn builtin(
         )),
         Arc::new(spec),
         Arc::new(StrategyAgent::new(Arc::clone(contracts))),
-        Arc::new(CoachAgent::new(Arc::clone(contracts), artifacts.stale_after)),
+        Arc::new(CoachAgent::new(
+            Arc::clone(contracts),
+            artifacts.stale_after,
+        )),
         Arc::new(GitAgent::new(Arc::new(switchyard_github::LocalGit), host)),
         Arc::new(GitHubAgent::new(github, dead_letters)),
         Arc::new(Orchestrator::new(OrchestratorConfig {

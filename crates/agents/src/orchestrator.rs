@@ -64,8 +64,8 @@ impl Orchestrator {
     pub fn new(config: OrchestratorConfig) -> Self {
         Self {
             manifest: Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
+                produces: Vec::new(),
+                consumes: Vec::new(),
                 name: "orchestrator".into(),
                 version: "0.1.0".into(),
                 capabilities: vec![

@@ -187,7 +187,8 @@ impl Retrospective {
                         t.rejected_confidence.push(c);
                     }
                 }
-                t.decision_secs.push((at - r.created_at).num_seconds().max(0));
+                t.decision_secs
+                    .push((at - r.created_at).num_seconds().max(0));
             }
         }
         // Commits, dead letters and task outcomes, by the agent they concern.
@@ -229,7 +230,8 @@ impl Retrospective {
                 }
             }
             if !t.decision_secs.is_empty() {
-                let mean = t.decision_secs.iter().sum::<i64>() as f64 / t.decision_secs.len() as f64;
+                let mean =
+                    t.decision_secs.iter().sum::<i64>() as f64 / t.decision_secs.len() as f64;
                 t.metrics
                     .insert("time_to_decision_secs".into(), mean.round());
             }
@@ -330,7 +332,9 @@ impl Retrospective {
                     ));
                 }
                 for (item_id, text, action, events) in actions {
-                    items.push(json!({"id": item_id, "agent": agent, "text": text, "status": "open"}));
+                    items.push(
+                        json!({"id": item_id, "agent": agent, "text": text, "status": "open"}),
+                    );
                     if self.adaptive.contains(agent) {
                         assignments.push(json!({
                             "action_item_id": item_id, "retrospective_id": id, "agent": agent,
@@ -361,7 +365,8 @@ impl Retrospective {
                 "tasks_failed" => (format!("{agent}: {} task run(s) failed", ids.len()), None),
                 _ => (format!("{agent}: {} {metric}", ids.len()), None),
             };
-            insights.push(json!({"text": text, "evidence": ids.iter().take(100).collect::<Vec<_>>()}));
+            insights
+                .push(json!({"text": text, "evidence": ids.iter().take(100).collect::<Vec<_>>()}));
             if let Some(item) = item {
                 items.push(json!({
                     "id": format!("{id}.{agent}.{}", metric.replace('_', "-")),
@@ -512,7 +517,12 @@ impl Agent for Retrospective {
                 .tallies
                 .iter()
                 .filter(|(_, t)| !t.reasons.is_empty())
-                .map(|(a, t)| (a, t.reasons.iter().take(100).map(|(r, n)| (r, *n)).collect()))
+                .map(|(a, t)| {
+                    (
+                        a,
+                        t.reasons.iter().take(100).map(|(r, n)| (r, *n)).collect(),
+                    )
+                })
                 .collect();
             let stream = format!("retrospective/{id}");
             ctx.emit(

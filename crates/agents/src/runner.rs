@@ -175,8 +175,8 @@ impl RunnerAgent {
         capabilities.extend(config.capabilities.iter().cloned());
         Self {
             manifest: Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
+                produces: Vec::new(),
+                consumes: Vec::new(),
                 name: format!("runner-{role}"),
                 version: "0.1.0".into(),
                 capabilities,

@@ -26,7 +26,8 @@ pub fn scheduled_trigger(
 ) -> Result<NewEvent, switchyard_events::InvalidId> {
     let compact = slot.format("%Y%m%dT%H%M%SZ");
     let id = format!("scheduled-{compact}");
-    let mut data = json!({"retrospective_id": id, "reason": "scheduled", "requested_by": "scheduler"});
+    let mut data =
+        json!({"retrospective_id": id, "reason": "scheduled", "requested_by": "scheduler"});
     if let Some(previous) = previous {
         data["window"] = json!({
             "from": previous.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -63,7 +64,9 @@ pub async fn fire(store: &EventStore, cron: &Cron, slot: DateTime<Utc>) -> Resul
         let event = scheduled_trigger(workspace, slot, previous).map_err(|e| e.to_string())?;
         match store.append(vec![event]).await {
             Ok(appended) => fresh += appended.iter().filter(|a| !a.duplicate).count(),
-            Err(e) => tracing::warn!(workspace = ws, error = %e, "cannot record a scheduled retrospective"),
+            Err(e) => {
+                tracing::warn!(workspace = ws, error = %e, "cannot record a scheduled retrospective")
+            }
         }
     }
     Ok(fresh)
@@ -97,7 +100,9 @@ mod tests {
     #[test]
     fn one_id_per_workspace_and_slot() {
         let cron = parse_schedule("0 18 * * *").unwrap();
-        let now = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().to_utc();
+        let now = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .unwrap()
+            .to_utc();
         let slot = cron.find_next_occurrence(&now, false).unwrap();
         assert_eq!(slot.to_rfc3339(), "2026-12-02T18:00:00+00:00");
         let ws = Workspace::parse("demo").unwrap();
@@ -107,7 +112,14 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_eq!(a.data, b.data);
         assert_eq!(a.data["window"]["from"], "2026-12-01T18:00:00Z");
-        assert!(parse_schedule("every day").unwrap_err().contains("every day"));
-        assert!(parse_schedule("*/2 * * * * *").is_ok(), "seconds are allowed");
+        assert!(
+            parse_schedule("every day")
+                .unwrap_err()
+                .contains("every day")
+        );
+        assert!(
+            parse_schedule("*/2 * * * * *").is_ok(),
+            "seconds are allowed"
+        );
     }
 }

@@ -213,7 +213,8 @@ fn find_trailing_whitespace(root: &Path, extra: &[String]) -> Vec<(String, Strin
             })
             .collect();
         if fixed != text {
-            let digest = Sha256::digest(format!("{TRAILING_WHITESPACE}\0{relative}\0{text}").as_bytes());
+            let digest =
+                Sha256::digest(format!("{TRAILING_WHITESPACE}\0{relative}\0{text}").as_bytes());
             let fingerprint: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
             found.push((relative, fixed, fingerprint));
         }
@@ -269,8 +270,8 @@ impl SpecAgent {
             return Ok(()); // only local repositories are read today
         };
         let root = PathBuf::from(root);
-        let contracts = contracts_for(ctx.connection(), &self.contracts, event.workspace.as_str())
-            .await?;
+        let contracts =
+            contracts_for(ctx.connection(), &self.contracts, event.workspace.as_str()).await?;
         let rules = contracts
             .get(SCOPE)
             .map(|c| c.rules.clone())
@@ -382,7 +383,10 @@ impl SpecAgent {
         if data["agent"] != "spec" {
             return Ok(());
         }
-        let item = data["action_item_id"].as_str().unwrap_or_default().to_owned();
+        let item = data["action_item_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let action = &data["action"];
         let rate = action["approval_rate"].as_f64().unwrap_or_default();
         let target = action["target"].as_f64().unwrap_or_default();
@@ -392,9 +396,16 @@ impl SpecAgent {
             target * 100.0,
             data["retrospective_id"].as_str().unwrap_or_default()
         );
-        let (status, outcome) = match (action["kind"].as_str(), action["finding_kind"].as_str(), action["min_confidence"].as_f64()) {
+        let (status, outcome) = match (
+            action["kind"].as_str(),
+            action["finding_kind"].as_str(),
+            action["min_confidence"].as_f64(),
+        ) {
             (Some("avoid_kind"), Some(kind), _) => {
-                ctx.remember(&format!("avoid-kind:{kind}"), json!({"action_item": item, "why": why}))?;
+                ctx.remember(
+                    &format!("avoid-kind:{kind}"),
+                    json!({"action_item": item, "why": why}),
+                )?;
                 ("done", format!("No longer proposes {kind} changes: {why}."))
             }
             (Some("raise_confidence"), _, Some(threshold)) => {
@@ -407,7 +418,9 @@ impl SpecAgent {
                 ctx.remember("min-confidence", json!(threshold))?;
                 (
                     "done",
-                    format!("Proposes only findings with confidence of at least {threshold:.2}: {why}."),
+                    format!(
+                        "Proposes only findings with confidence of at least {threshold:.2}: {why}."
+                    ),
                 )
             }
             _ => (

@@ -146,7 +146,8 @@ pub(crate) fn render(milestones: &[Milestone]) -> String {
                 Status::Pending => format!(
                     "- [ ] {title} — `{}` · pending since {}",
                     i.id,
-                    i.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    i.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ),
                 Status::Approved => {
                     format!("- [ ] {title} — `{}` · approved, not committed yet", i.id)

@@ -310,10 +310,11 @@ impl Contracts {
                         "agent `{}` emits artifact `{name}`, which is not declared",
                         a.agent
                     )),
-                    Some(c) if c.producer != a.agent && !c.producer.trim().is_empty() => problems.push(format!(
-                        "agent `{}` emits artifact `{name}`, whose declared producer is `{}`",
-                        a.agent, c.producer
-                    )),
+                    Some(c) if c.producer != a.agent && !c.producer.trim().is_empty() => problems
+                        .push(format!(
+                            "agent `{}` emits artifact `{name}`, whose declared producer is `{}`",
+                            a.agent, c.producer
+                        )),
                     Some(_) => {}
                 }
             }
@@ -402,9 +403,8 @@ artifacts:
         );
         let ghost_producer = GOOD.replace("producer: strategy", "producer: planner");
         assert!(
-            refused(&ghost_producer).contains(
-                "artifact `milestones.md` names producer `planner`, which is no agent"
-            ),
+            refused(&ghost_producer)
+                .contains("artifact `milestones.md` names producer `planner`, which is no agent"),
             "{}",
             refused(&ghost_producer)
         );
@@ -421,9 +421,11 @@ artifacts:
             refused(&not_a_consumer),
             "artifacts.yaml: agent `coach` consumes artifact `milestones.md`, whose consumers do not include it"
         );
-        assert!(refused(&GOOD.replace("docs/milestones.md", "../milestones.md")).contains(
-            "artifact `milestones.md` has path \"../milestones.md\": it must be relative"
-        ));
+        assert!(
+            refused(&GOOD.replace("docs/milestones.md", "../milestones.md")).contains(
+                "artifact `milestones.md` has path \"../milestones.md\": it must be relative"
+            )
+        );
         assert!(
             refused(&GOOD.replace("1d", "soon"))
                 .contains("artifact `milestones.md` has max_age \"soon\": not a duration")
@@ -457,8 +459,9 @@ artifacts:
         }]);
         let e = broken.check(&agents(), "workspace w settings").unwrap_err();
         assert!(
-            e.to_string()
-                .starts_with("workspace w settings: artifact `milestones.md` names consumer `nobody`"),
+            e.to_string().starts_with(
+                "workspace w settings: artifact `milestones.md` names consumer `nobody`"
+            ),
             "{e}"
         );
     }

@@ -12,6 +12,8 @@ mod contracts;
 mod publish;
 pub mod registry;
 
-pub use contracts::{AgentArtifacts, Contract, ContractErrors, Contracts, DEFAULT_YAML, Override, PEOPLE};
+pub use contracts::{
+    AgentArtifacts, Contract, ContractErrors, Contracts, DEFAULT_YAML, Override, PEOPLE,
+};
 pub use publish::{Version, consume, contracts_for, latest, publish, stream};
 pub use registry::ArtifactsProjection;

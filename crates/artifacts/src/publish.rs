@@ -132,11 +132,7 @@ pub async fn publish(
 
 /// Records that the handling agent read `version` of artifact `name`
 /// (`artifact.consumed.v1`, stream `artifact/<name>/readers/<agent>`).
-pub fn consume(
-    ctx: &mut Context<'_>,
-    name: &str,
-    version: &Version,
-) -> Result<(), HandlerError> {
+pub fn consume(ctx: &mut Context<'_>, name: &str, version: &Version) -> Result<(), HandlerError> {
     let agent = ctx.manifest().name.clone();
     ctx.emit(
         "artifact.consumed.v1",

@@ -178,16 +178,26 @@ pub async fn list(
     contracts: &Contracts,
     now: DateTime<Utc>,
 ) -> Result<Vec<Summary>, sqlx::Error> {
-    let latest: Vec<(String, String, i64, String, String, String, DateTime<Utc>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT DISTINCT ON (name) name, path, version, content_hash, producer, event_id,
+    /// name, path, version, hash, producer, event id, produced at, size
+    type Latest = (
+        String,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        DateTime<Utc>,
+        Option<i64>,
+    );
+    let latest: Vec<Latest> = sqlx::query_as(
+        "SELECT DISTINCT ON (name) name, path, version, content_hash, producer, event_id,
                     produced_at, size_bytes
              FROM proj_artifacts.versions WHERE workspace = $1
              ORDER BY name, version DESC",
-        )
-        .bind(workspace)
-        .fetch_all(pool)
-        .await?;
+    )
+    .bind(workspace)
+    .fetch_all(pool)
+    .await?;
     let reads: Vec<(String, String, i64, DateTime<Utc>, String)> = sqlx::query_as(
         "SELECT DISTINCT ON (name, consumer) name, consumer, version, read_at, event_id
          FROM proj_artifacts.reads WHERE workspace = $1
@@ -225,8 +235,7 @@ pub async fn list(
             },
         );
     }
-    for (name, path, version, content_hash, producer, event_id, produced_at, size_bytes) in latest
-    {
+    for (name, path, version, content_hash, producer, event_id, produced_at, size_bytes) in latest {
         let summary = by_name.entry(name.clone()).or_insert_with(|| Summary {
             name,
             path: path.clone(),

@@ -15,7 +15,7 @@ use switchyard_artifacts::{Contracts, registry};
 use switchyard_events::{EventType, NewEvent, Source, StreamId, Workspace};
 
 use crate::{
-    AppState, ApiError,
+    ApiError, AppState,
     auth::{Principal, Scope},
 };
 
@@ -47,9 +47,14 @@ pub(crate) async fn list(
         .existing_workspace(&principal, &workspace, Scope::Read)
         .await?;
     let contracts = contracts(&state, &workspace).await?;
-    let artifacts = registry::list(state.store.pool(), workspace.as_str(), &contracts, Utc::now())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let artifacts = registry::list(
+        state.store.pool(),
+        workspace.as_str(),
+        &contracts,
+        Utc::now(),
+    )
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
     Ok(Json(json!({ "artifacts": artifacts })).into_response())
 }
 
@@ -121,7 +126,10 @@ pub(crate) async fn content(
     };
     Ok((
         [
-            (header::CONTENT_TYPE, "text/markdown; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_TYPE,
+                "text/markdown; charset=utf-8".to_owned(),
+            ),
             (header::ETAG, format!("\"{hash}\"")),
             (
                 header::HeaderName::from_static("x-switchyard-artifact-version"),
@@ -189,25 +197,30 @@ pub(crate) async fn start(
         .into_response())
 }
 
+/// A period's start and end, either open.
+pub type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// A manual `retrospective.trigger.v1`, as the API and the CLI append it.
 pub fn trigger(
     workspace: Workspace,
     source: &str,
     requested_by: &str,
     id: Option<String>,
-    window: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    window: Option<Period>,
 ) -> Result<NewEvent, ApiError> {
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let mut data = json!({"retrospective_id": id, "reason": "manual", "requested_by": requested_by});
+    let mut data =
+        json!({"retrospective_id": id, "reason": "manual", "requested_by": requested_by});
     match window {
         None | Some((None, None)) => {}
         Some((from, to)) => {
             let to = to.unwrap_or_else(Utc::now);
-            let from = from.ok_or_else(|| {
-                ApiError::bad_request("window.from is required with window.to")
-            })?;
+            let from = from
+                .ok_or_else(|| ApiError::bad_request("window.from is required with window.to"))?;
             if from >= to {
-                return Err(ApiError::bad_request("window.from must be before window.to"));
+                return Err(ApiError::bad_request(
+                    "window.from must be before window.to",
+                ));
             }
             data["window"] = json!({"from": from.to_rfc3339(), "to": to.to_rfc3339()});
         }

@@ -38,10 +38,10 @@ use switchyard_events::{RecordedEvent, StreamId, Workspace};
 use switchyard_store::EventStore;
 use tower_http::trace::TraceLayer;
 
+pub use artifacts::{Period, trigger as retrospective_trigger};
 pub use auth::{
     BootstrapError, MIN_TOKEN_LEN, Principal, Scope, bootstrap_admin_token, token_hash,
 };
-pub use artifacts::trigger as retrospective_trigger;
 pub use error::ApiError;
 pub use github::{CatchUpReport, MAX_WEBHOOK_BODY, WEBHOOK_PATH, catch_up};
 pub use ops::{Ops, OpsError};

@@ -161,8 +161,8 @@ fn check_artifacts(
     let Some(overrides) = data.get("artifacts") else {
         return Ok(());
     };
-    let overrides: Vec<switchyard_artifacts::Override> =
-        serde_json::from_value(overrides.clone()).map_err(|e| {
+    let overrides: Vec<switchyard_artifacts::Override> = serde_json::from_value(overrides.clone())
+        .map_err(|e| {
             ApiError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_contracts",
@@ -176,7 +176,10 @@ fn check_artifacts(
     setup
         .contracts
         .with_overrides(&overrides)
-        .check(&setup.agents, &format!("the artifacts of workspace {workspace}"))
+        .check(
+            &setup.agents,
+            &format!("the artifacts of workspace {workspace}"),
+        )
         .map_err(|e| {
             ApiError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,

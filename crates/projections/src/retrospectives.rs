@@ -106,7 +106,9 @@ impl Projection for Retrospectives {
                     }
                     for (agent, metrics) in data["metrics"].as_object().into_iter().flatten() {
                         for (name, value) in metrics.as_object().into_iter().flatten() {
-                            let Some(value) = value.as_f64() else { continue };
+                            let Some(value) = value.as_f64() else {
+                                continue;
+                            };
                             sqlx::query(
                                 "INSERT INTO metrics (workspace, retrospective_id, agent, name, value, window_from, window_to)
                                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",

@@ -585,8 +585,13 @@ fn artifact_agents(settings: &Settings) -> anyhow::Result<switchyard_agents::Art
         None => switchyard_artifacts::Contracts::builtin(),
     }
     .map_err(contract_error)?;
-    let stale_after = humantime::parse_duration(&settings.coach.stale_after)
-        .with_context(|| format!("coach.stale_after {:?} is not a duration", settings.coach.stale_after))?;
+    let stale_after =
+        humantime::parse_duration(&settings.coach.stale_after).with_context(|| {
+            format!(
+                "coach.stale_after {:?} is not a duration",
+                settings.coach.stale_after
+            )
+        })?;
     Ok(switchyard_agents::ArtifactAgents {
         contracts: Arc::new(contracts),
         retrospectives: settings.retrospectives.clone(),

@@ -36,8 +36,8 @@ impl Echo {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             manifest: Manifest {
-produces: Vec::new(),
-consumes: Vec::new(),
+                produces: Vec::new(),
+                consumes: Vec::new(),
                 name: "echo".into(),
                 version: "1.0.0".into(),
                 capabilities: vec!["testing".into()],
