@@ -11,6 +11,7 @@ use switchyard_testkit::TempDatabase;
 
 mod github;
 mod observability;
+mod retrospectives;
 mod workflows;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -255,6 +256,8 @@ async fn spawn_with(
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         // A restart after a kill turns debug mode on: keep the tests' logs quiet anyway.
         .env("SWITCHYARD_OBS__DEBUG_FILTER", "warn")
+        // No scheduled retrospective in the middle of a test, unless it asks for one.
+        .env("SWITCHYARD_RETROSPECTIVES__SCHEDULE", "")
         .envs(extra_env.iter().copied())
         .args(["serve", "--listen", listen])
         .env("DATABASE_URL", url)
@@ -579,7 +582,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .fetch_optional(&mut db)
             .await
             .unwrap();
-            if emitted == Some(TRIGGERS as i64) {
+            // Each retrospective: its completion and a version of retrospective.md.
+            if emitted == Some(2 * TRIGGERS as i64) {
                 break;
             }
         }

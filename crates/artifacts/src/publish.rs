@@ -83,7 +83,8 @@ fn invalid(e: impl std::fmt::Display) -> HandlerError {
 /// Publishes `content` as the next version of artifact `name`, produced by the handling
 /// agent: an `artifact.updated.v1` on `artifact/<name>`, appended only if the stream is still
 /// at the version read (a concurrent publish makes this handler retry). Content equal to the
-/// latest version's publishes nothing. Returns the new version number.
+/// latest version's publishes nothing. Returns the new version number. Publishers of one
+/// artifact in one workspace are serialised by a transaction-scoped advisory lock.
 ///
 /// The contract must name this agent as the producer, and its manifest must declare it.
 pub async fn publish(
@@ -106,6 +107,12 @@ pub async fn publish(
     }
     let path = contract.path.clone();
     let workspace = ctx.cause().workspace.clone();
+    // Concurrent handlers publishing the same artifact take turns (until the first commits),
+    // so the second reads the first's version instead of failing on it.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("switchyard.artifact.{workspace}.{name}"))
+        .execute(ctx.connection())
+        .await?;
     let current = latest(ctx.connection(), workspace.as_str(), name).await?;
     let hash = sha256(&content);
     if current.as_ref().is_some_and(|c| c.content_hash == hash) {
