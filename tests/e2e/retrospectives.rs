@@ -5,7 +5,6 @@
 use std::{path::PathBuf, time::Duration};
 
 use serde_json::{Value, json};
-use switchyard_testkit::TempDatabase;
 
 use crate::{AUTH, Server};
 
@@ -475,15 +474,19 @@ async fn a_retrospective_raises_the_spec_agents_approval_rate() {
 }
 
 /// Two instances with the same every-two-seconds schedule: each slot gives one trigger and one
-/// retrospective, never two. The same server refuses a workspace override that breaks the
-/// contracts, naming the artifact and the agent.
+/// retrospective, never two. The same servers nudge once about a proposal that waits too long
+/// (`coach.stale_after` = 1 s), and refuse a workspace override that breaks the contracts,
+/// naming the artifact and the agent.
 #[tokio::test]
 async fn two_instances_with_one_schedule_hold_one_retrospective_per_slot() {
     let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let env = vec![(
-        "SWITCHYARD_RETROSPECTIVES__SCHEDULE".to_owned(),
-        "*/2 * * * * *".to_owned(),
-    )];
+    let env = vec![
+        (
+            "SWITCHYARD_RETROSPECTIVES__SCHEDULE".to_owned(),
+            "*/2 * * * * *".to_owned(),
+        ),
+        ("SWITCHYARD_COACH__STALE_AFTER".to_owned(), "1s".to_owned()),
+    ];
     let first = Server::start_with(&nats, env).await;
     let mut second = first.twin().await;
     first.create_workspace("sched").await;
@@ -534,6 +537,51 @@ async fn two_instances_with_one_schedule_hold_one_retrospective_per_slot() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Three proposals by a person, 1.5 s apart: each new milestones.md shows the earlier ones
+    // waiting longer than 1 s, and the coach nudges once per item.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        let draft = json!({"title": format!("Note {i}"), "description": "A note.",
+            "changes": [{"path": format!("notes/{i}.md"), "action": "create", "content": "hi\n"}]});
+        let (status, made) = first
+            .request(
+                "POST",
+                "/v1/workspaces/sched/proposals",
+                &[AUTH, JSON],
+                &draft.to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{made}");
+        ids.push(made["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let nudges = loop {
+        let nudges: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT data->>'item', data->>'reason', data->>'to' FROM events
+             WHERE workspace = 'sched' AND type = 'coach.nudge.v1' ORDER BY position",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        if nudges.len() >= 2 {
+            break nudges;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the coach never nudged twice: {nudges:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stale = |id: &String| (id.clone(), "stale".to_owned(), "reviewers".to_owned());
+    assert_eq!(
+        nudges,
+        [stale(&ids[0]), stale(&ids[1])],
+        "one nudge per waiting item"
+    );
+
     // A workspace override that names a consumer no agent is.
     let settings = json!({"github_approvers": [], "artifacts": [{"name": "milestones.md", "consumers": ["coach", "planner"]}]});
     let (status, body) = first
@@ -565,28 +613,45 @@ async fn two_instances_with_one_schedule_hold_one_retrospective_per_slot() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, listed) = first
-        .request("GET", "/v1/workspaces/sched/artifacts", &[AUTH], "")
-        .await;
-    let milestones = listed["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "milestones.md")
-        .unwrap()
-        .clone();
-    assert_eq!(milestones["max_age"], "1s");
-    assert_eq!(milestones["stale"], true, "never produced: {milestones}");
+    // Nothing changes any more: within a few seconds the latest version is older than 1 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, listed) = first
+            .request("GET", "/v1/workspaces/sched/artifacts", &[AUTH], "")
+            .await;
+        let milestones = listed["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "milestones.md")
+            .unwrap()
+            .clone();
+        assert_eq!(milestones["max_age"], "1s");
+        let too_old = milestones["stale_reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().ends_with("more than max_age 1s"));
+        if too_old {
+            assert_eq!(milestones["stale"], true);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "milestones.md never went stale: {milestones}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(db);
     second.child.kill().await.unwrap();
     first.stop().await;
 }
 
 /// A broken `artifacts.yaml` stops the server at start with a message naming the artifact
-/// and the agent, one case per file.
+/// and the agent, one case per file, before it touches anything: the database it is given
+/// does not even exist.
 #[tokio::test]
 async fn broken_artifact_contracts_stop_the_server() {
-    let database = TempDatabase::create("sy_e2e").await;
     let dir = std::env::temp_dir().join(format!(
         "sy-e2e-contracts-{}",
         uuid::Uuid::new_v4().simple()
@@ -615,7 +680,7 @@ async fn broken_artifact_contracts_stop_the_server() {
             Duration::from_secs(60),
             tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
                 .args(["serve", "--listen", "127.0.0.1:0"])
-                .env("DATABASE_URL", database.url())
+                .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
                 .env("SWITCHYARD_ARTIFACTS__FILE", &file)
                 .env("SWITCHYARD_ADMIN_TOKEN", crate::TOKEN)
                 .env("RUST_LOG", "warn")
@@ -636,5 +701,4 @@ async fn broken_artifact_contracts_stop_the_server() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
-    database.drop_now().await;
 }

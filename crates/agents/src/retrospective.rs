@@ -548,7 +548,141 @@ impl Agent for Retrospective {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::ledger::Status;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn decided(id: &str, kind: &str, approved: bool, confidence: f64) -> Record {
+        Record {
+            id: id.into(),
+            title: id.into(),
+            author: "spec".into(),
+            kind: Some(kind.into()),
+            confidence: Some(confidence),
+            created_at: at("2026-12-02T10:00:00Z"),
+            status: if approved {
+                Status::Committed
+            } else {
+                Status::Dropped
+            },
+            approved: Some(approved),
+            decided_at: Some(at("2026-12-02T10:00:30Z")),
+            decision_event: Some(format!("d-{id}")),
+            reason: (!approved).then(|| "noise".to_owned()),
+            sha: None,
+            committed_at: None,
+            commit_event: None,
+            failures: Vec::new(),
+        }
+    }
+
+    fn agent() -> Retrospective {
+        Retrospective::new(
+            Arc::new(Contracts::builtin().unwrap()),
+            RetrospectiveConfig::default(),
+            vec!["spec".into()],
+        )
+    }
+
+    #[test]
+    fn a_kind_that_keeps_being_rejected_becomes_an_action_item_for_the_spec_agent() {
+        let mut records = Vec::new();
+        for i in 0..4 {
+            records.push(decided(&format!("l{i}"), "broken-link", true, 0.9));
+            records.push(decided(&format!("w{i}"), "trailing-whitespace", false, 0.6));
+        }
+        let failed = (
+            "f1".to_owned(),
+            "agent.failed.v1".to_owned(),
+            "/runtime".to_owned(),
+            at("2026-12-02T10:01:00Z"),
+            json!({"agent": "github"}),
+        );
+        let review = agent().review(
+            "r1",
+            "t1",
+            &records,
+            &[failed],
+            Some(at("2026-12-02T00:00:00Z")),
+            at("2026-12-03T00:00:00Z"),
+        );
+        let spec = &review.tallies["spec"].metrics;
+        assert_eq!(spec["approval_rate"], 0.5);
+        assert_eq!(spec["approval_rate.broken-link"], 1.0);
+        assert_eq!(spec["approval_rate.trailing-whitespace"], 0.0);
+        assert_eq!(spec["time_to_decision_secs"], 30.0);
+        assert_eq!(review.tallies["github"].metrics["dead_letters"], 1.0);
+        let ids: Vec<&str> = review
+            .items
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "r1.spec.avoid-trailing-whitespace",
+                "r1.github.dead-letters"
+            ]
+        );
+        // Only the agent that acts on items gets one as an event.
+        assert_eq!(review.assignments.len(), 1);
+        assert_eq!(
+            review.assignments[0]["action"]["finding_kind"],
+            "trailing-whitespace"
+        );
+        assert_eq!(
+            review.assignments[0]["evidence"].as_array().unwrap().len(),
+            4
+        );
+        assert!(review.insights.len() >= 3);
+        assert!(
+            review
+                .insights
+                .iter()
+                .all(|i| !i["evidence"].as_array().unwrap().is_empty())
+        );
+        // Outside the period, nothing counts.
+        let later = agent().review(
+            "r2",
+            "t2",
+            &records,
+            &[],
+            Some(at("2026-12-03T00:00:00Z")),
+            at("2026-12-04T00:00:00Z"),
+        );
+        assert!(later.tallies.is_empty() && later.items.is_empty());
+        assert_eq!(
+            later.insights.len(),
+            3,
+            "a quiet period still has three insights"
+        );
+        assert!(
+            later
+                .insights
+                .iter()
+                .all(|i| i["evidence"] == json!(["t2"]))
+        );
+    }
+
+    #[test]
+    fn rejections_spread_over_kinds_raise_the_confidence_threshold() {
+        let records = [
+            decided("a1", "a", true, 0.9),
+            decided("a2", "a", false, 0.7),
+            decided("b1", "b", false, 0.75),
+            decided("c1", "c", false, 0.8),
+        ];
+        let review = agent().review("r", "t", &records, &[], None, at("2026-12-03T00:00:00Z"));
+        assert_eq!(review.assignments.len(), 1);
+        let action = &review.assignments[0]["action"];
+        assert_eq!(action["kind"], "raise_confidence");
+        assert_eq!(action["min_confidence"], 0.85);
+        assert_eq!(action["approval_rate"], 0.25);
+    }
 
     #[test]
     fn names_become_valid_keys() {

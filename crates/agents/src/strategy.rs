@@ -225,3 +225,84 @@ impl Agent for StrategyAgent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::coach::open_items;
+
+    fn record(id: &str, kind: Option<&str>, status: Status) -> Record {
+        let at: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-12-02T04:00:00Z")
+            .map(|t| t.to_utc())
+            .unwrap_or_default();
+        Record {
+            id: id.into(),
+            title: format!("Fix {id}"),
+            author: "spec".into(),
+            kind: kind.map(str::to_owned),
+            confidence: Some(0.9),
+            created_at: at,
+            status,
+            approved: None,
+            decided_at: None,
+            decision_event: None,
+            reason: Some("noise".into()),
+            sha: Some("0123456789abcdef".into()),
+            committed_at: None,
+            commit_event: None,
+            failures: vec![("e1".into(), at, "conflict on README.md".into())],
+        }
+    }
+
+    #[test]
+    fn milestones_group_by_kind_complete_when_all_done_or_dropped_and_read_back() {
+        let records = [
+            record("p1", Some("broken-link"), Status::Committed),
+            record("p2", Some("broken-link"), Status::Dropped),
+            record("p3", Some("trailing-whitespace"), Status::Pending),
+            record("p4", Some("trailing-whitespace"), Status::Blocked),
+            record("p5", None, Status::Dropped),
+        ];
+        let milestones = milestones(&records);
+        let shape: Vec<(&str, usize, bool)> = milestones
+            .iter()
+            .map(|m| (m.id.as_str(), m.items.len(), m.complete()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("broken-link", 2, true),
+                ("trailing-whitespace", 2, false),
+                // Nothing done: dropped only is not complete.
+                ("people", 1, false),
+            ]
+        );
+        let text = render(&milestones);
+        assert_eq!(text, render(&milestones), "deterministic");
+        assert!(text.contains("`broken-link` · 1 of 2 done · 0 blocked · complete"));
+        assert!(text.contains("- [x] Fix p1 — `p1` · committed 0123456789ab"));
+        assert!(text.contains("- [-] Fix p2 — `p2` · dropped: noise"));
+        // What the coach reads back: the open items with their milestone and state.
+        let open: Vec<(String, String, String)> = open_items(&text)
+            .into_iter()
+            .map(|i| (i.milestone, i.id, i.state))
+            .collect();
+        assert_eq!(
+            open,
+            [
+                (
+                    "trailing-whitespace".to_owned(),
+                    "p3".to_owned(),
+                    "pending since 2026-12-02T04:00:00Z".to_owned()
+                ),
+                (
+                    "trailing-whitespace".to_owned(),
+                    "p4".to_owned(),
+                    "blocked: conflict on README.md".to_owned()
+                ),
+            ]
+        );
+    }
+}

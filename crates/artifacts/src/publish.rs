@@ -62,7 +62,8 @@ pub async fn contracts_for(
     base: &Contracts,
     workspace: &str,
 ) -> Result<Contracts, sqlx::Error> {
-    let overrides: Option<Value> = sqlx::query_scalar(
+    // NULL when the latest settings have no `artifacts`.
+    let overrides: Option<Option<Value>> = sqlx::query_scalar(
         "SELECT data->'artifacts' FROM events
          WHERE workspace = $1 AND stream_id = 'workspace' AND type = 'workspace.configured.v1'
          ORDER BY stream_version DESC LIMIT 1",
@@ -71,6 +72,7 @@ pub async fn contracts_for(
     .fetch_optional(conn)
     .await?;
     let overrides: Vec<Override> = overrides
+        .flatten()
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
     Ok(base.with_overrides(&overrides))

@@ -67,6 +67,15 @@ fn owned_elsewhere(ty: &str) -> Option<&'static str> {
             "the orchestrator"
         }
         "task.timed_out.v1" => "the deadline watcher",
+        "strategy.updated.v1" | "milestone.completed.v1" => "the strategy agent",
+        "coach.nudge.v1" => "the coach agent",
+        "agent.action_item.completed.v1" => "the agent the action item is assigned to",
+        "retrospective.completed.v1" | "agent.action_item.assigned.v1" => {
+            "the retrospective agent (start one: POST /v1/workspaces/{ws}/retrospectives)"
+        }
+        "artifact.updated.v1" | "artifact.consumed.v1" => {
+            "the producing and consuming agents, under config/artifacts.yaml"
+        }
         t if t.starts_with("github.") => "POST /v1/github/webhook",
         _ => return None,
     })

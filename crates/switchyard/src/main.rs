@@ -391,6 +391,37 @@ async fn serve(
         Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
     tracing::info!(types = catalog.len(), "event catalog loaded");
 
+    // The agents, and the artifact contracts held against them, before anything is touched:
+    // broken contracts stop the server here.
+    let github: Option<Arc<switchyard_github::GitHubHost>> = match &settings.github.token {
+        Some(token) => Some(Arc::new(
+            switchyard_github::GitHubHost::new(&settings.github.api_url, token.clone())
+                .map_err(|e| anyhow::anyhow!("GitHub client: {e}"))?,
+        )),
+        None => None,
+    };
+    let dead_letters = switchyard_agents::DeadLetterHandle::default();
+    let artifacts = artifact_agents(&settings)?;
+    let agents = switchyard_agents::builtin(
+        github.clone(),
+        dead_letters.clone(),
+        &settings.workflows,
+        &artifacts,
+    );
+    // The contracts must hold against the agents that run, or nothing starts.
+    let manifests: Vec<switchyard_artifacts::AgentArtifacts> = agents
+        .iter()
+        .map(|a| switchyard_artifacts::AgentArtifacts::from(a.manifest()))
+        .collect();
+    artifacts
+        .contracts
+        .check(&manifests, &contracts_origin(&settings))
+        .map_err(contract_error)?;
+    let schedule = match settings.retrospectives.schedule.trim() {
+        "" => None,
+        pattern => Some(switchyard_agents::parse_schedule(pattern).map_err(anyhow::Error::msg)?),
+    };
+
     let pool = connect(&settings).await?;
     migrate(&pool).await?;
     let (crashed, run, run_lock) = register_run(&pool).await.context("recording this run")?;
@@ -434,34 +465,6 @@ async fn serve(
         .ensure_schemas()
         .await
         .context("creating projection tables")?;
-    let github: Option<Arc<switchyard_github::GitHubHost>> = match &settings.github.token {
-        Some(token) => Some(Arc::new(
-            switchyard_github::GitHubHost::new(&settings.github.api_url, token.clone())
-                .map_err(|e| anyhow::anyhow!("GitHub client: {e}"))?,
-        )),
-        None => None,
-    };
-    let dead_letters = switchyard_agents::DeadLetterHandle::default();
-    let artifacts = artifact_agents(&settings)?;
-    let agents = switchyard_agents::builtin(
-        github.clone(),
-        dead_letters.clone(),
-        &settings.workflows,
-        &artifacts,
-    );
-    // The contracts must hold against the agents that run, or nothing starts.
-    let manifests: Vec<switchyard_artifacts::AgentArtifacts> = agents
-        .iter()
-        .map(|a| switchyard_artifacts::AgentArtifacts::from(a.manifest()))
-        .collect();
-    artifacts
-        .contracts
-        .check(&manifests, &contracts_origin(&settings))
-        .map_err(contract_error)?;
-    let schedule = match settings.retrospectives.schedule.trim() {
-        "" => None,
-        pattern => Some(switchyard_agents::parse_schedule(pattern).map_err(anyhow::Error::msg)?),
-    };
     let runtime = AgentRuntime::new(
         store.clone(),
         nats.clone(),
