@@ -262,6 +262,9 @@ async fn a_retrospective_raises_the_spec_agents_approval_rate() {
             json!({"kind": "local", "path": repo.dir.to_str().unwrap()}),
         )
         .await;
+    // A run asked for at once races the run on workspace.created: still one proposal per
+    // finding.
+    run_spec(&server, 0).await;
     let reviewer = server.reviewer().await;
     let created = "SELECT count(*) FROM events WHERE type = 'proposal.created.v1'";
 
@@ -270,7 +273,7 @@ async fn a_retrospective_raises_the_spec_agents_approval_rate() {
     wait_count(&server, created, 4, "round 1 proposals").await;
     assert_eq!(review(&server, &reviewer, 4).await, (2, 2));
     repo.add_round(2, 2);
-    run_spec(&server, 0).await;
+    run_spec(&server, 1).await;
     wait_count(&server, created, 8, "round 2 proposals").await;
     assert_eq!(review(&server, &reviewer, 4).await, (2, 2));
     let period1_to = now();
@@ -321,11 +324,11 @@ async fn a_retrospective_raises_the_spec_agents_approval_rate() {
     // Period 2: two more rounds of the same mix.
     let period2_from = now();
     repo.add_round(3, 2);
-    run_spec(&server, 1).await;
+    run_spec(&server, 2).await;
     wait_count(&server, created, 10, "round 3 proposals").await;
     assert_eq!(review(&server, &reviewer, 2).await, (2, 0));
     repo.add_round(4, 2);
-    run_spec(&server, 2).await;
+    run_spec(&server, 3).await;
     wait_count(&server, created, 12, "round 4 proposals").await;
     assert_eq!(review(&server, &reviewer, 2).await, (2, 0));
     let period2_to = now();
@@ -581,6 +584,54 @@ async fn two_instances_with_one_schedule_hold_one_retrospective_per_slot() {
         [stale(&ids[0]), stale(&ids[1])],
         "one nudge per waiting item"
     );
+
+    // Bad requests for a retrospective say what is wrong and append nothing.
+    let before = count(
+        &first,
+        "SELECT count(*) FROM events WHERE type = 'retrospective.trigger.v1'",
+    )
+    .await;
+    for (body, code) in [
+        (
+            json!({"window": {"from": "2026-12-02T00:00:00Z", "to": "2026-12-01T00:00:00Z"}}),
+            400,
+        ),
+        (json!({"window": {"to": "2026-12-01T00:00:00Z"}}), 400),
+        (json!({"retrospective_id": "../../etc"}), 422),
+        (json!({"when": "now"}), 400),
+    ] {
+        let (status, answer) = first
+            .request(
+                "POST",
+                "/v1/workspaces/sched/retrospectives",
+                &[AUTH, JSON],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(status, code, "{body}: {answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+    }
+    let (status, _) = first
+        .request(
+            "GET",
+            "/v1/workspaces/sched/artifacts/milestones.md/content?version=999",
+            &[AUTH],
+            "",
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = first
+        .request(
+            "GET",
+            "/v1/workspaces/sched/artifacts/nothing.md",
+            &[AUTH],
+            "",
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Scheduled triggers keep coming meanwhile: count only manual ones.
+    let after = count(&first, "SELECT count(*) FROM events WHERE type = 'retrospective.trigger.v1' AND data->>'reason' = 'manual'").await;
+    assert_eq!(after, 0, "nothing appended (scheduled before: {before})");
 
     // A workspace override that names a consumer no agent is.
     let settings = json!({"github_approvers": [], "artifacts": [{"name": "milestones.md", "consumers": ["coach", "planner"]}]});

@@ -111,6 +111,11 @@ fn key(name: &str) -> String {
     k
 }
 
+/// An action item id as the schema allows it: at most 128 characters.
+fn item_id(id: &str) -> String {
+    id.chars().take(128).collect()
+}
+
 fn within(t: DateTime<Utc>, from: Option<DateTime<Utc>>, to: DateTime<Utc>) -> bool {
     from.is_none_or(|f| t >= f) && t < to
 }
@@ -164,7 +169,14 @@ impl Retrospective {
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
         for r in records {
             let author = key(&r.author);
-            let kind = r.kind.clone().unwrap_or_else(|| "manual".into());
+            // Part of metric names (at most 64 characters): valid and short, whoever wrote it.
+            let kind: String = r
+                .kind
+                .as_deref()
+                .map_or_else(|| "manual".into(), key)
+                .chars()
+                .take(40)
+                .collect();
             if within(r.created_at, from, to) {
                 let t = tallies.entry(author.clone()).or_default();
                 t.add("proposals", 1.0);
@@ -218,8 +230,10 @@ impl Retrospective {
         let mut assignments = Vec::new();
         for (agent, t) in &mut tallies {
             let (approved, rejected) = (t.approved(), t.rejected());
-            t.add("approved", approved as f64);
-            t.add("rejected", rejected as f64);
+            if approved + rejected > 0 {
+                t.add("approved", approved as f64);
+                t.add("rejected", rejected as f64);
+            }
             if let Some(rate) = ratio(approved, approved + rejected) {
                 t.metrics.insert("approval_rate".into(), rate);
             }
@@ -276,6 +290,7 @@ impl Retrospective {
                 }));
             }
             if let Some((reason, n)) = t.reasons.iter().max_by_key(|(_, n)| **n) {
+                let reason: String = reason.chars().take(500).collect();
                 insights.push(json!({
                     "text": format!("{agent}: the most common rejection reason was \"{reason}\" ({n} of {rejected})"),
                     "evidence": t.reason_events.iter().take(100).collect::<Vec<_>>(),
@@ -302,7 +317,7 @@ impl Retrospective {
                     .into_iter()
                     .map(|(kind, a, r, events)| {
                         (
-                            format!("{id}.{agent}.avoid-{kind}"),
+                            item_id(&format!("{id}.{agent}.avoid-{kind}")),
                             format!(
                                 "Stop proposing {kind} changes: {a} of {} approved, below the {:.0}% target.",
                                 a + r,
@@ -321,7 +336,7 @@ impl Retrospective {
                         .fold(0.0_f64, f64::max);
                     let threshold = ((highest + 0.05).min(0.99) * 100.0).round() / 100.0;
                     actions.push((
-                        format!("{id}.{agent}.raise-confidence"),
+                        item_id(&format!("{id}.{agent}.raise-confidence")),
                         format!(
                             "Raise the confidence threshold to {threshold:.2}: approval rate {:.0}%, below the {:.0}% target.",
                             rate * 100.0,
@@ -363,13 +378,14 @@ impl Retrospective {
                 ),
                 "commits" => (format!("{agent} committed {} change(s)", ids.len()), None),
                 "tasks_failed" => (format!("{agent}: {} task run(s) failed", ids.len()), None),
+                "tasks_completed" => (format!("{agent} completed {} task run(s)", ids.len()), None),
                 _ => (format!("{agent}: {} {metric}", ids.len()), None),
             };
             insights
                 .push(json!({"text": text, "evidence": ids.iter().take(100).collect::<Vec<_>>()}));
             if let Some(item) = item {
                 items.push(json!({
-                    "id": format!("{id}.{agent}.{}", metric.replace('_', "-")),
+                    "id": item_id(&format!("{id}.{agent}.{}", metric.replace('_', "-"))),
                     "agent": agent, "text": item, "status": "open",
                 }));
             }

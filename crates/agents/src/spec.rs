@@ -270,6 +270,13 @@ impl SpecAgent {
             return Ok(()); // only local repositories are read today
         };
         let root = PathBuf::from(root);
+        // One run at a time per workspace (until the first commits): two runs at once, say on
+        // workspace.created and a run request, would both find nothing remembered and propose
+        // the same findings twice.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("switchyard.spec.{}", event.workspace))
+            .execute(ctx.connection())
+            .await?;
         let contracts =
             contracts_for(ctx.connection(), &self.contracts, event.workspace.as_str()).await?;
         let rules = contracts
