@@ -34,7 +34,7 @@ use std::{
 
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
-use switchyard_testkit::{NatsServer, PrivatePostgres, post_delivery};
+use switchyard_testkit::{NatsCluster, NatsServer, PrivatePostgres, post_delivery};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -53,6 +53,51 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The nats-server under test: one node, or a three-node JetStream cluster (R3 streams).
+enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        match self {
+            Self::Single(n) => n.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+
+    /// SIGKILL (node `node` of a cluster), then restart; `wipe` loses its store first.
+    async fn kill_and_restart(&mut self, node: usize, wipe: bool) {
+        match self {
+            Self::Single(n) => {
+                n.kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                n.restart().await;
+            }
+            Self::Cluster(c) => {
+                c.kill(node);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                c.restart(node, wipe).await;
+            }
+        }
+    }
+
+    fn pause(&self, node: usize) {
+        match self {
+            Self::Single(n) => n.pause(),
+            Self::Cluster(c) => c.pause(node),
+        }
+    }
+
+    fn resume(&self, node: usize) {
+        match self {
+            Self::Single(n) => n.resume(),
+            Self::Cluster(c) => c.resume(node),
+        }
+    }
+}
+
 /// One `switchyard serve`.
 struct Instance {
     child: Option<Child>,
@@ -62,6 +107,7 @@ struct Instance {
 struct Cluster {
     db_url: String,
     nats_url: String,
+    replicas: u8,
     repo: String,
     instances: Vec<Instance>,
 }
@@ -74,6 +120,7 @@ impl Cluster {
             .env("NATS_URL", &self.nats_url)
             .env("SWITCHYARD_RELAY__STREAM", STREAM)
             .env("SWITCHYARD_RELAY__SUBJECT_PREFIX", PREFIX)
+            .env("SWITCHYARD_RELAY__REPLICAS", self.replicas.to_string())
             .env("SWITCHYARD_RUNTIME__ACK_WAIT_SECS", "5")
             .env("SWITCHYARD_RUNTIME__BACKOFF_BASE_MS", "100")
             .env("SWITCHYARD_RUNTIME__BACKOFF_MAX_MS", "2000")
@@ -257,12 +304,17 @@ async fn projection_digest(db: &mut PgConnection) -> BTreeMap<String, String> {
 #[ignore = "slow tier: scripts/test runs it with a budget (SWITCHYARD_FAULTS_SECS)"]
 async fn nothing_is_lost_or_duplicated_under_faults() {
     let secs = env_u64("SWITCHYARD_FAULTS_SECS", 40);
+    let clustered = std::env::var("SWITCHYARD_FAULTS_NATS").is_ok_and(|v| v == "cluster");
     let rate = env_u64("SWITCHYARD_FAULTS_RATE", 200);
     let started = Instant::now();
 
     let pg = PrivatePostgres::start().await;
     let db_url = pg.create_database("switchyard").await;
-    let mut nats = NatsServer::start().await;
+    let mut nats = if clustered {
+        Nats::Cluster(NatsCluster::start().await)
+    } else {
+        Nats::Single(NatsServer::start().await)
+    };
     let repo = std::env::temp_dir().join(switchyard_testkit::unique("sy-faults-repo-"));
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "--quiet", "--initial-branch=main"]);
@@ -272,6 +324,7 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
     let mut cluster = Cluster {
         db_url: db_url.clone(),
         nats_url: nats.url(),
+        replicas: if clustered { 3 } else { 1 },
         repo: repo.to_string_lossy().into_owned(),
         instances: Vec::new(),
     };
@@ -463,23 +516,28 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
     #[derive(Debug, Clone, Copy)]
     enum Fault {
         KillSwitchyard(usize),
-        KillNats,
-        StopNats,
+        KillNats(usize),
+        StopNats(usize),
         DeleteStream,
         CrashPostgres,
+        /// A cluster node killed, its store directory removed, and restarted.
+        LoseNodeStore(usize),
     }
-    let plan = [
+    let mut plan = vec![
         Fault::KillSwitchyard(0),
-        Fault::KillNats,
-        Fault::StopNats,
+        Fault::KillNats(0),
+        Fault::StopNats(1),
         Fault::KillSwitchyard(1),
         Fault::DeleteStream,
-        Fault::KillNats,
+        Fault::KillNats(1),
         Fault::CrashPostgres,
         Fault::KillSwitchyard(0),
-        Fault::KillNats,
+        Fault::KillNats(2),
     ];
-    let gap = Duration::from_secs(secs) / (plan.len() as u32 + 1);
+    if clustered {
+        plan.push(Fault::LoseNodeStore(0));
+    }
+    let gap = Duration::from_secs(secs) / (u32::try_from(plan.len()).unwrap() + 1);
     let mut injected: BTreeMap<&str, u32> = BTreeMap::new();
     for fault in plan {
         tokio::time::sleep(gap).await;
@@ -488,17 +546,19 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
                 cluster.kill_and_restart(i).await;
                 "SIGKILL + restart of a Switchyard instance"
             }
-            Fault::KillNats => {
-                nats.kill();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                nats.restart().await;
-                "SIGKILL + restart of nats-server"
+            Fault::KillNats(node) => {
+                nats.kill_and_restart(node, false).await;
+                "SIGKILL + restart of nats-server (a node)"
             }
-            Fault::StopNats => {
-                nats.pause();
+            Fault::StopNats(node) => {
+                nats.pause(node);
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                nats.resume();
-                "SIGSTOP 3 s + SIGCONT of nats-server"
+                nats.resume(node);
+                "SIGSTOP 3 s + SIGCONT of nats-server (a node)"
+            }
+            Fault::LoseNodeStore(node) => {
+                nats.kill_and_restart(node, true).await;
+                "loss of a cluster node's store directory (killed, wiped, restarted)"
             }
             Fault::DeleteStream => {
                 let client = async_nats::connect(nats.url()).await.unwrap();
@@ -528,26 +588,41 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
         .into_inner()
         .unwrap();
     let mut db = PgConnection::connect(&db_url).await.unwrap();
-    let settle = Instant::now() + Duration::from_secs(180);
+    // Settled: the effects are all there, no agent has an event of its types unhandled, and
+    // the store has not grown for 3 s.
+    let unhandled_sql = "SELECT count(*) FROM events e
+         JOIN proj_agent_state.agents a ON a.subscribes ? e.type
+         WHERE e.workspace IN ('load', 'hub')
+           AND NOT EXISTS (SELECT 1 FROM agent_handled h WHERE h.agent = a.name AND h.event_position = e.position)";
+    let settle_started = Instant::now();
+    let settle = settle_started + Duration::from_secs(300);
+    let (mut last_total, mut quiet) = (0, 0);
     loop {
         let completed = count(&mut db, "SELECT count(DISTINCT causation_id) FROM events WHERE type = 'retrospective.completed.v1'").await;
         let committed = count(&mut db, "SELECT count(DISTINCT data->>'proposal_id') FROM events WHERE type IN ('git.commit.v1', 'git.commit_failed.v1')").await;
         let github = count(&mut db, "SELECT count(*) FROM agent_handled h JOIN events e ON e.position = h.event_position WHERE h.agent = 'github' AND e.type = 'github.pull_request.v1'").await;
+        let unhandled = count(&mut db, unhandled_sql).await;
+        let total = count(&mut db, "SELECT count(*) FROM events").await;
+        quiet = if total == last_total { quiet + 1 } else { 0 };
+        last_total = total;
         if completed as usize >= accepted.triggers.len()
             && committed as usize >= accepted.approved.len()
             && github as usize >= accepted.deliveries.len()
+            && unhandled == 0
+            && quiet >= 6
         {
             break;
         }
         assert!(
             Instant::now() < settle,
-            "never settled: {completed}/{} retrospectives, {committed}/{} commits, {github}/{} deliveries handled",
+            "never settled: {completed}/{} retrospectives, {committed}/{} commits, {github}/{} deliveries handled, {unhandled} events unhandled",
             accepted.triggers.len(),
             accepted.approved.len(),
             accepted.deliveries.len()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let settle_secs = settle_started.elapsed().as_secs_f64();
     // Give redeliveries a moment to show any duplicate.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
@@ -588,14 +663,7 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
     }
     // 2. Every agent handled every event of its types (one handled record each: the primary
     //    key), and its effects happened once.
-    let unhandled = count(
-        &mut db,
-        "SELECT count(*) FROM events e
-         JOIN proj_agent_state.agents a ON a.subscribes ? e.type
-         WHERE e.workspace IN ('load', 'hub')
-           AND NOT EXISTS (SELECT 1 FROM agent_handled h WHERE h.agent = a.name AND h.event_position = e.position)",
-    )
-    .await;
+    let unhandled = count(&mut db, unhandled_sql).await;
     let twice = count(
         &mut db,
         "SELECT count(*) FROM (
@@ -671,8 +739,14 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
 
     let faults: u32 = injected.values().sum();
     println!(
-        "\nfault-injection run ({:.0} s of load, then settled)\n",
-        load_secs
+        "\nfault-injection run ({:.0} s of load, settled {:.0} s later; nats: {})\n",
+        load_secs,
+        settle_secs,
+        if clustered {
+            "3-node cluster, R3 stream"
+        } else {
+            "one node"
+        }
     );
     println!("| load | value |\n| --- | --- |");
     println!("| CloudEvents offered | {rate}/s for {secs} s |");

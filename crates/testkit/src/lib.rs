@@ -148,10 +148,7 @@ impl NatsServer {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(child) = &self.child {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-            nix::sys::signal::kill(pid, signal).unwrap();
-        }
+        signal_child(self.child.as_ref(), signal);
     }
 
     /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
@@ -190,5 +187,145 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A three-node nats-server cluster with JetStream on loopback ports, each node with its own
+/// store directory, so that a test may kill a node, wipe its store and bring it back. Killed on
+/// drop; its directories are removed.
+#[derive(Debug)]
+pub struct NatsCluster {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    routes: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream has a leader.
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("sy-natsc-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut cluster = Self {
+            dir,
+            ports,
+            routes,
+            children: vec![None, None, None],
+        };
+        for node in 0..3 {
+            cluster.write_config(node);
+            cluster.spawn(node);
+        }
+        cluster.wait_for_jetstream().await;
+        cluster
+    }
+
+    fn write_config(&self, node: usize) {
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != node)
+            .map(|(_, p)| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let config = format!(
+            "server_name: n{node}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n}}\ncluster {{\n  name: sy\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            self.ports[node],
+            self.store(node),
+            self.routes[node],
+            routes.join(", ")
+        );
+        std::fs::write(self.dir.join(format!("n{node}.conf")), config).unwrap();
+    }
+
+    fn store(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("store-{node}"))
+    }
+
+    fn spawn(&mut self, node: usize) {
+        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(self.dir.join(format!("n{node}.conf")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/test installs it)");
+        self.children[node] = Some(child);
+    }
+
+    async fn wait_for_jetstream(&self) {
+        for _ in 0..300 {
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the JetStream cluster never elected a leader");
+    }
+
+    /// Every node's URL, comma-separated (what `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILLs one node (its store stays).
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP one node; [`NatsCluster::resume`] sends SIGCONT.
+    pub fn pause(&self, node: usize) {
+        signal_child(
+            self.children[node].as_ref(),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+
+    /// SIGCONT after [`NatsCluster::pause`].
+    pub fn resume(&self, node: usize) {
+        signal_child(
+            self.children[node].as_ref(),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+
+    /// Starts a killed node again; with `wipe`, its store directory is removed first, so it
+    /// must catch up from its peers.
+    pub async fn restart(&mut self, node: usize, wipe: bool) {
+        self.kill(node);
+        if wipe {
+            let _ = std::fs::remove_dir_all(self.store(node));
+        }
+        self.spawn(node);
+        self.wait_for_jetstream().await;
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in 0..3 {
+            self.kill(node);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn signal_child(child: Option<&Child>, signal: nix::sys::signal::Signal) {
+    if let Some(child) = child {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
     }
 }
