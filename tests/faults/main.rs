@@ -561,7 +561,8 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
                 "loss of a cluster node's store directory (killed, wiped, restarted)"
             }
             Fault::DeleteStream => {
-                let client = async_nats::connect(nats.url()).await.unwrap();
+                let urls: Vec<String> = nats.url().split(',').map(str::to_owned).collect();
+                let client = async_nats::connect(urls).await.unwrap();
                 async_nats::jetstream::new(client)
                     .delete_stream(STREAM)
                     .await

@@ -449,7 +449,8 @@ async fn serve(
     let nats = async_nats::ConnectOptions::new()
         .name("switchyard")
         .retry_on_initial_connect()
-        .connect(settings.nats.url.as_str())
+        // A comma-separated list names several nodes of a cluster.
+        .connect(nats_servers(&settings.nats.url))
         .await
         .with_context(|| format!("invalid NATS_URL {}", settings.nats.url))?;
 
@@ -557,6 +558,14 @@ async fn serve(
     drop(run_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `NATS_URL` split at commas: every node of a cluster, for the first connection and failover.
+fn nats_servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 fn contracts_origin(settings: &Settings) -> String {

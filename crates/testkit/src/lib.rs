@@ -258,9 +258,20 @@ impl NatsCluster {
 
     async fn wait_for_jetstream(&self) {
         for _ in 0..300 {
-            if let Ok(client) = async_nats::connect(self.url()).await {
+            if let Ok(client) = async_nats::connect(self.urls()).await {
                 let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
+                // A stream created and deleted: the meta leader answers. (Account info does
+                // not parse against a 2.9 cluster's answer.)
+                let probe = js
+                    .create_stream(async_nats::jetstream::stream::Config {
+                        name: "SYPROBE".into(),
+                        subjects: vec!["syprobe".into()],
+                        storage: async_nats::jetstream::stream::StorageType::Memory,
+                        num_replicas: 3,
+                        ..Default::default()
+                    })
+                    .await;
+                if probe.is_ok() && js.delete_stream("SYPROBE").await.is_ok() {
                     return;
                 }
             }
@@ -276,6 +287,14 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
     }
 
     /// SIGKILLs one node (its store stays).
