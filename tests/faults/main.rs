@@ -114,12 +114,17 @@ struct Cluster {
 
 impl Cluster {
     async fn spawn(&self) -> (Child, String) {
+        self.spawn_on(STREAM, PREFIX).await
+    }
+
+    /// A `switchyard serve` on JetStream stream `stream`, subjects `prefix.>`.
+    async fn spawn_on(&self, stream: &str, prefix: &str) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("DATABASE_URL", &self.db_url)
             .env("NATS_URL", &self.nats_url)
-            .env("SWITCHYARD_RELAY__STREAM", STREAM)
-            .env("SWITCHYARD_RELAY__SUBJECT_PREFIX", PREFIX)
+            .env("SWITCHYARD_RELAY__STREAM", stream)
+            .env("SWITCHYARD_RELAY__SUBJECT_PREFIX", prefix)
             .env("SWITCHYARD_RELAY__REPLICAS", self.replicas.to_string())
             .env("SWITCHYARD_RUNTIME__ACK_WAIT_SECS", "5")
             .env("SWITCHYARD_RUNTIME__BACKOFF_BASE_MS", "100")
@@ -810,4 +815,112 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
     drop(db);
     drop(nats);
     let _ = std::fs::remove_dir_all(&repo);
+}
+
+/// Scale-out on the three-node JetStream cluster (R3 stream): the same burst of webhook
+/// deliveries with 1, 2 and 3 Switchyard instances behind the load; prints deliveries per
+/// second from the first POST to the last `github.pull_request.v1` handled by the github
+/// agent. Run with
+///
+/// ```sh
+/// cargo nextest run -p switchyard --test faults --run-ignored only --no-capture scale_out
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: docs/benchmarks.md has the command"]
+async fn scale_out() {
+    let deliveries = env_u64("SWITCHYARD_SCALE_DELIVERIES", 3000);
+    let pg = PrivatePostgres::start().await;
+    let nats = NatsCluster::start().await;
+    let mut rows = Vec::new();
+    for n in 1..=3usize {
+        let db_url = pg.create_database(&format!("scale{n}")).await;
+        let mut cluster = Cluster {
+            db_url: db_url.clone(),
+            nats_url: nats.url(),
+            replicas: 3,
+            repo: String::new(),
+            instances: Vec::new(),
+        };
+        // A stream of its own per round.
+        let stream = format!("SCALE{n}");
+        let prefix = format!("sc{n}");
+        for _ in 0..n {
+            let (child, address) = cluster.spawn_on(&stream, &prefix).await;
+            cluster.instances.push(Instance {
+                child: Some(child),
+                address: Arc::new(Mutex::new(address)),
+            });
+        }
+        let addresses = cluster.addresses();
+        let first = addresses[0].lock().unwrap().clone();
+        let body = json!({"id": "hub", "name": "Hub", "repository": {"kind": "github", "owner": "acme", "repo": "widgets"}});
+        let (status, _) = request(
+            &first,
+            "POST",
+            "/v1/workspaces",
+            &[("Content-Type", "application/json")],
+            &body.to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201);
+        let started = Instant::now();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut senders = Vec::new();
+        for _ in 0..32 {
+            let (addresses, next) = (addresses.clone(), Arc::clone(&next));
+            senders.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= deliveries {
+                        return;
+                    }
+                    let payload = json!({"action": "opened", "number": i,
+                        "pull_request": {"number": i, "title": "PR", "state": "open", "merged": false,
+                            "head": {"ref": format!("feature/{i}"), "sha": "0123456789abcdef0123456789abcdef01234567"},
+                            "base": {"ref": "main"}, "html_url": "https://github.com/acme/widgets/pull/1", "user": {"login": "octocat"}},
+                        "repository": {"full_name": "acme/widgets", "name": "widgets", "owner": {"login": "acme"}},
+                        "sender": {"login": "octocat"}});
+                    let bytes = serde_json::to_vec(&payload).unwrap();
+                    let address = addresses[(i as usize) % addresses.len()].lock().unwrap().clone();
+                    let url = format!("http://{address}/v1/github/webhook");
+                    let guid = format!("00000000-0000-4000-8000-{i:012}");
+                    assert_eq!(post_delivery(&url, SECRET, "pull_request", &guid, &bytes).await, 202);
+                }
+            }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        let posted = started.elapsed().as_secs_f64();
+        let mut db = PgConnection::connect(&db_url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let handled = count(&mut db, "SELECT count(*) FROM agent_handled h JOIN events e ON e.position = h.event_position WHERE h.agent = 'github' AND e.type = 'github.pull_request.v1'").await;
+            if handled as u64 >= deliveries {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {handled} of {deliveries} handled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let total = started.elapsed().as_secs_f64();
+        rows.push((n, posted, total, deliveries as f64 / total));
+        for instance in &mut cluster.instances {
+            if let Some(mut child) = instance.child.take() {
+                child.kill().await.unwrap();
+            }
+        }
+    }
+    println!(
+        "\nscale-out: {deliveries} webhook deliveries, 32 concurrent senders, 3-node JetStream cluster (R3)\n"
+    );
+    println!(
+        "| instances | all accepted after | all handled after | deliveries handled/s |\n| --- | --- | --- | --- |"
+    );
+    for (n, posted, total, rate) in rows {
+        println!("| {n} | {posted:.1} s | {total:.1} s | {rate:.0} |");
+    }
 }

@@ -48,6 +48,11 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Check the configuration (file, environment) and the artifact contracts against the
+    /// agents, without connecting to anything; prints what it checked.
+    ///
+    /// Example: `SWITCHYARD_CONFIG=/etc/switchyard/switchyard.toml switchyard check-config`
+    CheckConfig,
     /// Inspect or rebuild projections.
     Projections {
         #[command(subcommand)]
@@ -129,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_ref())?;
     let (modes, traces) = init_logging(&settings)?;
     match cli.command {
+        Command::CheckConfig => check_config(&settings),
         Command::Migrate => {
             let pool = connect(&settings).await?;
             migrate(&pool).await
@@ -401,26 +407,12 @@ async fn serve(
         None => None,
     };
     let dead_letters = switchyard_agents::DeadLetterHandle::default();
-    let artifacts = artifact_agents(&settings)?;
-    let agents = switchyard_agents::builtin(
-        github.clone(),
-        dead_letters.clone(),
-        &settings.workflows,
-        &artifacts,
-    );
-    // The contracts must hold against the agents that run, or nothing starts.
+    let (agents, artifacts, schedule) =
+        agents_and_contracts(&settings, github.clone(), dead_letters.clone())?;
     let manifests: Vec<switchyard_artifacts::AgentArtifacts> = agents
         .iter()
         .map(|a| switchyard_artifacts::AgentArtifacts::from(a.manifest()))
         .collect();
-    artifacts
-        .contracts
-        .check(&manifests, &contracts_origin(&settings))
-        .map_err(contract_error)?;
-    let schedule = match settings.retrospectives.schedule.trim() {
-        "" => None,
-        pattern => Some(switchyard_agents::parse_schedule(pattern).map_err(anyhow::Error::msg)?),
-    };
 
     let pool = connect(&settings).await?;
     migrate(&pool).await?;
@@ -558,6 +550,61 @@ async fn serve(
     drop(run_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `switchyard check-config`: what `serve` checks before it touches anything.
+fn check_config(settings: &Settings) -> anyhow::Result<()> {
+    Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
+    let (agents, artifacts, schedule) = agents_and_contracts(
+        settings,
+        None,
+        switchyard_agents::DeadLetterHandle::default(),
+    )?;
+    println!(
+        "configuration ok: listen {}, {} NATS server(s), {} agents, {} artifact contracts, retrospectives {}",
+        settings.listen,
+        nats_servers(&settings.nats.url).len(),
+        agents.len(),
+        artifacts.contracts.all().len(),
+        if schedule.is_some() {
+            format!("at {:?} (UTC)", settings.retrospectives.schedule)
+        } else {
+            "by hand only".to_owned()
+        }
+    );
+    Ok(())
+}
+
+/// The agents, their artifact contracts, and the retrospective schedule.
+type Checked = (
+    Vec<Arc<dyn switchyard_agent_runtime::Agent>>,
+    switchyard_agents::ArtifactAgents,
+    Option<croner::Cron>,
+);
+
+/// The built-in agents, and the artifact contracts held against them, and the retrospective
+/// schedule: everything `serve` checks before it touches anything.
+fn agents_and_contracts(
+    settings: &Settings,
+    github: Option<Arc<switchyard_github::GitHubHost>>,
+    dead_letters: switchyard_agents::DeadLetterHandle,
+) -> anyhow::Result<Checked> {
+    let artifacts = artifact_agents(settings)?;
+    let agents = switchyard_agents::builtin(github, dead_letters, &settings.workflows, &artifacts);
+    // The contracts must hold against the agents that run, or nothing starts.
+    let manifests: Vec<switchyard_artifacts::AgentArtifacts> = agents
+        .iter()
+        .map(|a| switchyard_artifacts::AgentArtifacts::from(a.manifest()))
+        .collect();
+    artifacts
+        .contracts
+        .check(&manifests, &contracts_origin(settings))
+        .map_err(contract_error)?;
+    let schedule = match settings.retrospectives.schedule.trim() {
+        "" => None,
+        pattern => Some(switchyard_agents::parse_schedule(pattern).map_err(anyhow::Error::msg)?),
+    };
+    Ok((agents, artifacts, schedule))
 }
 
 /// `NATS_URL` split at commas: every node of a cluster, for the first connection and failover.
