@@ -135,9 +135,21 @@ impl Cluster {
             .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
             .env("SWITCHYARD_GITHUB_WEBHOOK_SECRET", SECRET)
             .env("SWITCHYARD_OBS__DEBUG_FILTER", "warn")
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_FAULTS_RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // SWITCHYARD_FAULTS_LOGS=<dir>: each instance's log in a file there.
+            .stderr(match std::env::var("SWITCHYARD_FAULTS_LOGS") {
+                Ok(dir) => Stdio::from(
+                    std::fs::File::create(
+                        std::path::Path::new(&dir).join(switchyard_testkit::unique("instance-")),
+                    )
+                    .unwrap(),
+                ),
+                Err(_) => Stdio::null(),
+            })
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -745,7 +757,7 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
 
     let faults: u32 = injected.values().sum();
     println!(
-        "\nfault-injection run ({:.0} s of load, settled {:.0} s later; nats: {})\n",
+        "\nfault-injection run ({secs} s of load, faults over {:.0} s, settled {:.0} s later; nats: {})\n",
         load_secs,
         settle_secs,
         if clustered {
@@ -817,6 +829,30 @@ async fn nothing_is_lost_or_duplicated_under_faults() {
     let _ = std::fs::remove_dir_all(&repo);
 }
 
+/// Events an instance's agent handled, from its `/metrics`
+/// (`switchyard_agent_events_total{agent, outcome="handled"}`, all event types).
+async fn handled_by(address: &str, agent: &str) -> u64 {
+    let Ok(mut stream) = TcpStream::connect(address).await else {
+        return 0;
+    };
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response)
+        .lines()
+        .filter(|l| {
+            l.contains("agent_events_total{")
+                && l.contains(&format!("agent=\"{agent}\""))
+                && l.contains("outcome=\"handled\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// Scale-out on the three-node JetStream cluster (R3 stream): the same burst of webhook
 /// deliveries with 1, 2 and 3 Switchyard instances behind the load; prints deliveries per
 /// second from the first POST to the last `github.pull_request.v1` handled by the github
@@ -871,8 +907,10 @@ async fn scale_out() {
             let (addresses, next) = (addresses.clone(), Arc::clone(&next));
             senders.push(tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= deliveries {
+                    // Pull requests are numbered from 1 (0 does not fit the schema, and the
+                    // webhook records such a delivery as ignored).
+                    let i = next.fetch_add(1, Ordering::Relaxed) + 1;
+                    if i > deliveries {
                         return;
                     }
                     let payload = json!({"action": "opened", "number": i,
@@ -907,7 +945,18 @@ async fn scale_out() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let total = started.elapsed().as_secs_f64();
-        rows.push((n, posted, total, deliveries as f64 / total));
+        // Each instance's share of the github agent's work, from its own /metrics.
+        let mut shares = Vec::new();
+        for address in &addresses {
+            let address = address.lock().unwrap().clone();
+            shares.push(handled_by(&address, "github").await);
+        }
+        let shares = shares
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        rows.push((n, posted, total, deliveries as f64 / total, shares));
         for instance in &mut cluster.instances {
             if let Some(mut child) = instance.child.take() {
                 child.kill().await.unwrap();
@@ -918,9 +967,9 @@ async fn scale_out() {
         "\nscale-out: {deliveries} webhook deliveries, 32 concurrent senders, 3-node JetStream cluster (R3)\n"
     );
     println!(
-        "| instances | all accepted after | all handled after | deliveries handled/s |\n| --- | --- | --- | --- |"
+        "| instances | all accepted after | all handled after | deliveries handled/s | handled per instance |\n| --- | --- | --- | --- | --- |"
     );
-    for (n, posted, total, rate) in rows {
-        println!("| {n} | {posted:.1} s | {total:.1} s | {rate:.0} |");
+    for (n, posted, total, rate, shares) in rows {
+        println!("| {n} | {posted:.1} s | {total:.1} s | {rate:.0} | {shares} |");
     }
 }

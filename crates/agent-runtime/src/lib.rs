@@ -348,7 +348,9 @@ impl AgentRuntime {
                     // safety net above it, so that an event whose dead-lettering failed (the
                     // database was away) is still delivered again rather than stranded.
                     max_deliver: self.config.max_deliver.saturating_add(10),
-                    max_ack_pending: 1_000,
+                    // Deliveries out at once over all instances: room for each instance's
+                    // prefetch and in-flight batches (see `consume`), for many instances.
+                    max_ack_pending: 20_000,
                     ..Default::default()
                 },
             )
@@ -369,8 +371,15 @@ impl AgentRuntime {
                 .consume_slots(agent, &consumer, concurrency, shutdown)
                 .await;
         }
-        // Whatever has arrived is handled as one batch: one transaction, one commit.
+        // Whatever has arrived is handled as one batch: one transaction, one commit. Each
+        // pull asks for one batch, not the client's default of 200 messages: an instance
+        // holds only what it is about to handle, so that deliveries spread over instances
+        // (two instances with 200 prefetched each left a third nothing under the old
+        // `max_ack_pending` of 1 000), and a killed instance strands little until its ack wait.
         let mut batches = consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch.max(1))
+            .heartbeat(Duration::from_secs(15))
             .messages()
             .await
             .map_err(js)?
