@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
 use switchyard_artifacts::{Contracts, Version, consume, contracts_for, publish};
-use switchyard_events::{EventType, RecordedEvent};
+use switchyard_events::RecordedEvent;
 
 use crate::strategy::MILESTONES;
 
@@ -29,19 +29,13 @@ impl CoachAgent {
     /// With its manifest, under `contracts`; a pending item older than `stale_after` is
     /// stale.
     pub fn new(contracts: Arc<Contracts>, stale_after: Duration) -> Self {
-        let types = |names: &[&str]| {
-            names
-                .iter()
-                .filter_map(|t| EventType::parse(t).ok())
-                .collect()
-        };
         Self {
             manifest: Manifest {
                 name: "coach".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["coach".into()],
-                subscribes: types(&["artifact.updated.v1"]),
-                emits: types(&[
+                subscribes: crate::event_types(&["artifact.updated.v1"]),
+                emits: crate::event_types(&[
                     "artifact.updated.v1",
                     "artifact.consumed.v1",
                     "coach.nudge.v1",

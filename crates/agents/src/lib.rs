@@ -27,6 +27,14 @@ pub use schedule::{fire, parse_schedule, schedule_retrospectives, scheduled_trig
 pub use spec::SpecAgent;
 pub use strategy::{MILESTONES, StrategyAgent};
 
+/// Event types for a manifest, from literals (an invalid literal is left out).
+pub(crate) fn event_types(names: &[&str]) -> Vec<switchyard_events::EventType> {
+    names
+        .iter()
+        .filter_map(|t| switchyard_events::EventType::parse(t).ok())
+        .collect()
+}
+
 /// The artifact contracts and how the artifact agents behave.
 #[derive(Debug, Clone)]
 pub struct ArtifactAgents {

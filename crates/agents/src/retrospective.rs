@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
 use switchyard_artifacts::{Contracts, contracts_for, publish};
-use switchyard_events::{EventType, RecordedEvent};
+use switchyard_events::RecordedEvent;
 
 use crate::ledger::{self, Record};
 
@@ -62,19 +62,16 @@ impl Retrospective {
         config: RetrospectiveConfig,
         adaptive: Vec<String>,
     ) -> Self {
-        let types = |names: &[&str]| {
-            names
-                .iter()
-                .filter_map(|t| EventType::parse(t).ok())
-                .collect()
-        };
         Self {
             manifest: Manifest {
                 name: "retrospective".into(),
                 version: "0.2.0".into(),
                 capabilities: vec!["retrospective".into(), "metrics".into()],
-                subscribes: types(&["retrospective.trigger.v1", "milestone.completed.v1"]),
-                emits: types(&[
+                subscribes: crate::event_types(&[
+                    "retrospective.trigger.v1",
+                    "milestone.completed.v1",
+                ]),
+                emits: crate::event_types(&[
                     "retrospective.trigger.v1",
                     "retrospective.completed.v1",
                     "agent.action_item.assigned.v1",

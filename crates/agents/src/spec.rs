@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
 use switchyard_artifacts::{Contracts, contracts_for};
-use switchyard_events::{EventType, RecordedEvent};
+use switchyard_events::RecordedEvent;
 use switchyard_proposals::{Action, Change, Draft, Finding, created_data, stream};
 
 /// The agent.
@@ -44,25 +44,22 @@ const MAX_PROPOSALS: usize = 20;
 impl SpecAgent {
     /// With its manifest, under `contracts`.
     pub fn new(contracts: Arc<Contracts>) -> Self {
-        let types = |names: &[&str]| {
-            names
-                .iter()
-                .filter_map(|t| EventType::parse(t).ok())
-                .collect()
-        };
         Self {
             manifest: Manifest {
                 name: "spec".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["spec".into(), "docs".into()],
-                subscribes: types(&[
+                subscribes: crate::event_types(&[
                     "workspace.created.v1",
                     "git.commit.v1",
                     "agent.run_requested.v1",
                     "proposal.rejected.v1",
                     "agent.action_item.assigned.v1",
                 ]),
-                emits: types(&["proposal.created.v1", "agent.action_item.completed.v1"]),
+                emits: crate::event_types(&[
+                    "proposal.created.v1",
+                    "agent.action_item.completed.v1",
+                ]),
                 produces: Vec::new(),
                 consumes: vec![SCOPE.into()],
             },

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use switchyard_agent_runtime::{Agent, Context, HandlerError, Manifest};
 use switchyard_artifacts::{Contracts, contracts_for, publish};
-use switchyard_events::{EventType, RecordedEvent};
+use switchyard_events::RecordedEvent;
 
 use crate::ledger::{self, Record, Status};
 
@@ -28,18 +28,12 @@ pub struct StrategyAgent {
 impl StrategyAgent {
     /// With its manifest, under `contracts`.
     pub fn new(contracts: Arc<Contracts>) -> Self {
-        let types = |names: &[&str]| {
-            names
-                .iter()
-                .filter_map(|t| EventType::parse(t).ok())
-                .collect()
-        };
         Self {
             manifest: Manifest {
                 name: "strategy".into(),
                 version: "0.1.0".into(),
                 capabilities: vec!["strategy".into(), "planning".into()],
-                subscribes: types(&[
+                subscribes: crate::event_types(&[
                     "proposal.created.v1",
                     "proposal.approved.v1",
                     "proposal.rejected.v1",
@@ -48,7 +42,7 @@ impl StrategyAgent {
                     "git.commit.v1",
                     "git.commit_failed.v1",
                 ]),
-                emits: types(&[
+                emits: crate::event_types(&[
                     "artifact.updated.v1",
                     "strategy.updated.v1",
                     "milestone.completed.v1",
