@@ -284,8 +284,9 @@ async fn a_retrospective_raises_the_spec_agents_approval_rate() {
         .iter()
         .find(|i| i["agent"] == "spec")
         .unwrap_or_else(|| panic!("an action item for spec: {first}"));
+    // The item itself comes with the completion; its action with the assignment just after
+    // it (checked below, once done).
     assert_eq!(item["id"], "period-1.spec.avoid-trailing-whitespace");
-    assert_eq!(item["action"]["kind"], "avoid_kind");
     assert!(
         first["insights"].as_array().unwrap().len() >= 3,
         "at least three insights: {first}"
@@ -309,9 +310,32 @@ async fn a_retrospective_raises_the_spec_agents_approval_rate() {
         "the action item is done",
     )
     .await;
+    let (_, listed) = server
+        .request("GET", "/v1/workspaces/learn/retrospectives", &[AUTH], "")
+        .await;
+    let item = listed["retrospectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["retrospective_id"] == "period-1")
+        .and_then(|r| r["action_items"].as_array())
+        .and_then(|items| items.iter().find(|i| i["agent"] == "spec"))
+        .cloned()
+        .unwrap_or_else(|| panic!("period-1's item: {listed}"));
+    assert_eq!(item["action"]["kind"], "avoid_kind");
+    assert_eq!(item["action"]["finding_kind"], "trailing-whitespace");
+    assert_eq!(item["status"], "done");
+    assert!(
+        item["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("No longer proposes trailing-whitespace changes"),
+        "{item}"
+    );
+    // Read from the store: the agent_state projection follows at its own pace.
     let said: String = sqlx::query_scalar(
-        "SELECT value #>> '{}' FROM proj_agent_state.memory
-         WHERE agent = 'spec' AND key = 'adaptation:period-1.spec.avoid-trailing-whitespace'",
+        "SELECT data->>'value' FROM events WHERE type = 'agent.memory.recorded.v1'
+         AND data->>'agent' = 'spec' AND data->>'key' = 'adaptation:period-1.spec.avoid-trailing-whitespace'",
     )
     .fetch_one(&mut server.db().await)
     .await
