@@ -349,7 +349,8 @@ impl AgentRuntime {
                     // database was away) is still delivered again rather than stranded.
                     max_deliver: self.config.max_deliver.saturating_add(10),
                     // Deliveries out at once over all instances: room for each instance's
-                    // prefetch and in-flight batches (see `consume`), for many instances.
+                    // prefetch (the client pulls 200 at a time) and in-flight batches, for
+                    // many instances. At 1 000, two instances' prefetch left a third nothing.
                     max_ack_pending: 20_000,
                     ..Default::default()
                 },
@@ -371,15 +372,8 @@ impl AgentRuntime {
                 .consume_slots(agent, &consumer, concurrency, shutdown)
                 .await;
         }
-        // Whatever has arrived is handled as one batch: one transaction, one commit. Each
-        // pull asks for one batch, not the client's default of 200 messages: an instance
-        // holds only what it is about to handle, so that deliveries spread over instances
-        // (two instances with 200 prefetched each left a third nothing under the old
-        // `max_ack_pending` of 1 000), and a killed instance strands little until its ack wait.
+        // Whatever has arrived is handled as one batch: one transaction, one commit.
         let mut batches = consumer
-            .stream()
-            .max_messages_per_batch(self.config.batch.max(1))
-            .heartbeat(Duration::from_secs(15))
             .messages()
             .await
             .map_err(js)?
