@@ -199,6 +199,18 @@ async fn retrospective(server: &Server, id: &str, from: &str, to: &str) -> Value
     }
 }
 
+/// `PUT /v1/workspaces/{ws}/settings` with `settings`.
+async fn put_settings(server: &Server, workspace: &str, settings: &Value) -> (u16, Value) {
+    server
+        .request(
+            "PUT",
+            &format!("/v1/workspaces/{workspace}/settings"),
+            &[AUTH, JSON],
+            &settings.to_string(),
+        )
+        .await
+}
+
 /// A text (non-JSON) answer of an authenticated GET; 200 expected.
 async fn text(server: &Server, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -659,14 +671,7 @@ async fn two_instances_with_one_schedule_hold_one_retrospective_per_slot() {
 
     // A workspace override that names a consumer no agent is.
     let settings = json!({"github_approvers": [], "artifacts": [{"name": "milestones.md", "consumers": ["coach", "planner"]}]});
-    let (status, body) = first
-        .request(
-            "PUT",
-            "/v1/workspaces/sched/settings",
-            &[AUTH, JSON],
-            &settings.to_string(),
-        )
-        .await;
+    let (status, body) = put_settings(&first, "sched", &settings).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "invalid_contracts");
     assert!(
@@ -679,14 +684,7 @@ async fn two_instances_with_one_schedule_hold_one_retrospective_per_slot() {
     // A good one is kept, and the registry follows it.
     let settings =
         json!({"github_approvers": [], "artifacts": [{"name": "milestones.md", "max_age": "1s"}]});
-    let (status, body) = first
-        .request(
-            "PUT",
-            "/v1/workspaces/sched/settings",
-            &[AUTH, JSON],
-            &settings.to_string(),
-        )
-        .await;
+    let (status, body) = put_settings(&first, "sched", &settings).await;
     assert_eq!(status, 200, "{body}");
     // Nothing changes any more: within a few seconds the latest version is older than 1 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

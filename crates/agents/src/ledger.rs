@@ -62,12 +62,15 @@ pub(crate) async fn load(
          WHERE workspace = $1 AND type IN ('proposal.created.v1', 'proposal.approved.v1',
                'proposal.rejected.v1', 'proposal.merged.v1', 'proposal.closed.v1',
                'git.commit.v1', 'git.commit_failed.v1')
-         ORDER BY position LIMIT $2",
+         ORDER BY position DESC LIMIT $2",
     )
     .bind(workspace)
     .bind(MAX_EVENTS)
     .fetch_all(conn)
     .await?;
+    // The newest MAX_EVENTS, read newest first (so the cut falls on the oldest), folded in
+    // order.
+    let rows = rows.into_iter().rev();
     let mut records: Vec<Record> = Vec::new();
     let mut index = std::collections::HashMap::new();
     for (event_id, ty, time, data) in rows {
