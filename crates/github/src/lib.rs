@@ -253,7 +253,22 @@ impl GitHost for LocalGit {
                     existing: true,
                 });
             }
-            // A leftover branch of an attempt that died before committing: start again.
+            // A leftover branch of an attempt that died before committing: start again. Its
+            // worktree, if the attempt died holding it, keeps the branch checked out and
+            // `branch -D` would refuse: remove that worktree first (only that one).
+            if let Ok(list) = git(repo, &["worktree", "list", "--porcelain"]).await {
+                let held = format!("branch refs/heads/{branch}");
+                let mut path = None;
+                for line in list.lines() {
+                    if let Some(p) = line.strip_prefix("worktree ") {
+                        path = Some(p.to_owned());
+                    } else if line == held
+                        && let Some(p) = &path
+                    {
+                        let _ = git(repo, &["worktree", "remove", "--force", p]).await;
+                    }
+                }
+            }
             let _ = git(repo, &["branch", "-D", &branch]).await;
             let tree = std::env::temp_dir().join(format!(
                 "switchyard-worktree-{}",
@@ -304,6 +319,46 @@ mod tests {
             message: format!("Apply proposal {key}"),
             changes,
         }
+    }
+
+    /// An attempt killed after `worktree add -b` left its branch checked out in a worktree
+    /// that still exists; the redelivery starts again instead of failing on the branch
+    /// (the fault harness dead-lettered such an approval).
+    #[tokio::test]
+    async fn an_attempt_killed_holding_its_worktree_is_redone() {
+        let dir = repo().await;
+        let path = dir.to_str().unwrap();
+        let left = std::env::temp_dir().join(format!("sy-left-{}", uuid::Uuid::new_v4().simple()));
+        let left_str = left.to_str().unwrap();
+        git(
+            &dir,
+            &[
+                "worktree",
+                "add",
+                "--quiet",
+                "-b",
+                "switchyard/p9",
+                left_str,
+                "HEAD",
+            ],
+        )
+        .await
+        .unwrap();
+        let changes = vec![FileChange::Create {
+            path: "notes.md".into(),
+            content: "note\n".into(),
+        }];
+        let made = LocalGit
+            .commit(path, &request("p9", changes))
+            .await
+            .unwrap();
+        assert!(!made.existing);
+        let content = git(&dir, &["show", &format!("{}:notes.md", made.sha)])
+            .await
+            .unwrap();
+        assert_eq!(content, "note");
+        assert!(!left.exists(), "the dead attempt's worktree is gone");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
