@@ -361,12 +361,27 @@ impl SpecAgent {
             {
                 continue;
             }
-            let id = uuid::Uuid::now_v7().to_string();
-            ctx.emit(
-                "proposal.created.v1",
-                &stream(&id),
+            // One proposal per finding and workspace, whatever runs at once: the id comes from
+            // the fingerprint, and the stream must not exist yet. A second run in the same
+            // transaction (two events of one batch) conflicts on the stream, and is run again
+            // alone, when it finds the first one's memory.
+            let digest =
+                Sha256::digest(format!("{}\0{fingerprint}", event.workspace.as_str()).as_bytes());
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            let id = uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .to_string();
+            let invalid = |e: switchyard_events::InvalidId| HandlerError::new(e.to_string());
+            let mut created = switchyard_events::NewEvent::new(
+                event.workspace.clone(),
+                switchyard_events::Source::parse("/agents/spec").map_err(invalid)?,
+                switchyard_events::EventType::parse("proposal.created.v1").map_err(invalid)?,
+                switchyard_events::StreamId::parse(&stream(&id)).map_err(invalid)?,
                 created_data(&id, "spec", &draft),
-            )?;
+            );
+            created.expected_version = switchyard_events::ExpectedVersion::NoStream;
+            ctx.emit_event(created)?;
             ctx.remember(&format!("proposed:{fingerprint}"), json!(id))?;
             proposed += 1;
             if proposed >= MAX_PROPOSALS {
