@@ -880,6 +880,8 @@ async fn the_cli_approves_a_proposal_made_over_http() {
         "--type",
         "proposal.approved.v1",
         "--no-follow",
+        "--output",
+        "json",
     ])
     .output()
     .await

@@ -242,8 +242,18 @@ impl ProjectionRunner {
 
     /// Rebuilds a projection from position 0 beside the live one, then swaps it in. Returns
     /// the number of events applied.
-    #[tracing::instrument(skip(self))]
     pub async fn rebuild(&self, name: &str) -> Result<i64> {
+        self.rebuild_with_progress(name, &|_| {}).await
+    }
+
+    /// [`rebuild`](Self::rebuild), calling `progress` with the number of events read so far
+    /// after each page.
+    #[tracing::instrument(skip(self, progress))]
+    pub async fn rebuild_with_progress(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(i64) + Send + Sync),
+    ) -> Result<i64> {
         let projection = Arc::clone(self.find(name)?);
         let next_name = format!("{name}__next");
         let next_schema = schema_name(&next_name);
@@ -274,6 +284,7 @@ impl ProjectionRunner {
             tx.commit().await?;
             applied += page.events.len() as i64;
             cursor = page.next;
+            progress(applied);
         }
         // Catch up and swap under the live runner's lock.
         let mut conn = self.store.pool().acquire().await?;

@@ -1,10 +1,12 @@
 //! `switchyard`: the event-sourced control plane for software-development agents.
 
+mod catalog;
 mod cli;
 mod ops;
+mod output;
 mod settings;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -19,6 +21,7 @@ use switchyard_store::{EventStore, MIGRATOR};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use output::Output;
 use settings::{LogFormat, Settings};
 
 /// Switchyard: agents cooperate through versioned events, stored in PostgreSQL and delivered
@@ -27,6 +30,9 @@ use settings::{LogFormat, Settings};
 /// Configuration comes from config/default.toml (compiled in), an optional file, and the
 /// environment: DATABASE_URL, NATS_URL, SWITCHYARD_ADMIN_TOKEN, SWITCHYARD_EVENTS_DIR and
 /// SWITCHYARD_<KEY> (`__` nests, e.g. SWITCHYARD_STORE__WRITERS=4).
+///
+/// Exit codes: 0 done, 1 failed, 2 usage, 3 not found, 4 conflict, 5 unavailable
+/// (PostgreSQL, NATS or GitHub cannot be reached); see docs/cli.md.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, long_about)]
 struct Cli {
@@ -34,19 +40,35 @@ struct Cli {
     #[arg(long, global = true, env = "SWITCHYARD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// How to print results: `text` for people, `json` for scripts (errors too, on stderr).
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        default_value_t = Output::Text,
+        env = "SWITCHYARD_OUTPUT"
+    )]
+    output: Output,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: applies pending migrations, then serves the HTTP API.
+    /// Run the server: applies pending migrations, then serves the HTTP API, the relay, the
+    /// agents and the projections. Prints `switchyard listening on http://ADDR` when ready.
+    ///
+    /// Example: `DATABASE_URL=postgres://… NATS_URL=nats://127.0.0.1:4222 switchyard serve --listen 127.0.0.1:8080`
     Serve {
         /// Address to listen on (overrides `listen`); port 0 picks a free port.
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
     /// Apply pending database migrations and exit.
+    ///
+    /// Example: `DATABASE_URL=postgres://… switchyard migrate`
     Migrate,
     /// Check the configuration (file, environment) and the artifact contracts against the
     /// agents, without connecting to anything; prints what it checked.
@@ -54,12 +76,16 @@ enum Command {
     /// Example: `SWITCHYARD_CONFIG=/etc/switchyard/switchyard.toml switchyard check-config`
     CheckConfig,
     /// Inspect or rebuild projections.
+    ///
+    /// Example: `switchyard projections status`
     Projections {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
     /// List, show, approve or reject proposals (works on the database directly: the same
     /// decisions and events as the API, recorded with channel `cli`).
+    ///
+    /// Example: `switchyard proposals -w demo list --status pending`
     Proposals {
         /// The workspace.
         #[arg(long, short, env = "SWITCHYARD_WORKSPACE", default_value = "demo")]
@@ -86,19 +112,33 @@ enum Command {
         id: Option<String>,
     },
     /// Events as they are stored.
+    ///
+    /// Example: `switchyard events tail -w demo --type git.commit.v1`
     Events {
         #[command(subcommand)]
         command: cli::EventCommand,
     },
     /// Create, list and revoke API tokens (on the database directly).
+    ///
+    /// Example: `switchyard tokens list -w demo`
     Tokens {
         #[command(subcommand)]
         command: cli::TokenCommand,
     },
     /// GitHub: redeliver webhook deliveries that never reached this server.
+    ///
+    /// Example: `SWITCHYARD_GITHUB__TOKEN=… switchyard github catch-up --hours 24`
     Github {
         #[command(subcommand)]
         command: GithubCommand,
+    },
+    /// The event catalog: every type with its JSON Schema, as a list or an AsyncAPI 3
+    /// document of the NATS subjects the relay publishes.
+    ///
+    /// Example: `switchyard catalog asyncapi > asyncapi.json`
+    Catalog {
+        #[command(subcommand)]
+        command: catalog::CatalogCommand,
     },
 }
 
@@ -119,9 +159,13 @@ enum GithubCommand {
 #[derive(Debug, Subcommand)]
 enum ProjectionCommand {
     /// Position and lag of every projection.
+    ///
+    /// Example: `switchyard projections status --output json`
     Status,
     /// Rebuild one projection from position 0 beside the live one, then swap it in (the live
-    /// read model stays online meanwhile).
+    /// read model stays online meanwhile). Shows a progress bar on a terminal.
+    ///
+    /// Example: `switchyard projections rebuild proposals`
     Rebuild {
         /// The projection's name (see `status`).
         name: String,
@@ -129,15 +173,29 @@ enum ProjectionCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_ref())?;
+    let output = cli.output;
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => output::fail(output, &error),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = cli.output;
+    let settings =
+        Settings::load(cli.config.as_ref()).map_err(|e| output::usage(format!("{e:#}")))?;
     let (modes, traces) = init_logging(&settings)?;
     match cli.command {
-        Command::CheckConfig => check_config(&settings),
+        Command::CheckConfig => check_config(&settings, output),
+        Command::Catalog { command } => catalog::run(&settings, command, output),
         Command::Migrate => {
             let pool = connect(&settings).await?;
-            migrate(&pool).await
+            let applied = migrate(&pool).await?;
+            output.print(&serde_json::json!({"migrations_applied": applied}), || {
+                format!("database schema is up to date ({applied} migrations applied)")
+            })
         }
         Command::Serve { listen } => {
             let served = serve(settings, listen, modes).await;
@@ -147,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
             }
             served
         }
-        Command::Projections { command } => projections(settings, command).await,
+        Command::Projections { command } => projections(settings, command, output).await,
         Command::Proposals { workspace, command } => {
             let allow_self_approval = settings.api.allow_self_approval;
             cli::proposals(
@@ -155,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
                 &workspace,
                 command,
                 allow_self_approval,
+                output,
             )
             .await
         }
@@ -164,9 +223,8 @@ async fn main() -> anyhow::Result<()> {
             to,
             id,
         } => {
-            let store = open_store(&settings).await?;
             let workspace = switchyard_events::Workspace::parse(&workspace)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(|e| output::usage(format!("--workspace: {e}")))?;
             let event = switchyard_http_api::retrospective_trigger(
                 workspace,
                 "/cli",
@@ -174,30 +232,50 @@ async fn main() -> anyhow::Result<()> {
                 id,
                 from.map(|f| (Some(f), to)),
             )
-            .map_err(|e| anyhow::anyhow!("{}", serde_json::to_string(&e).unwrap_or_default()))?;
+            .map_err(|e| {
+                output::usage(
+                    serde_json::to_value(&e)
+                        .ok()
+                        .and_then(|v| v["message"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "the retrospective's period is invalid".to_owned()),
+                )
+            })?;
+            let store = open_store(&settings).await?;
             let id = event.data["retrospective_id"].clone();
             let appended = store.append(vec![event]).await?;
-            println!(
-                "{}",
-                serde_json::json!({"retrospective_id": id, "sequence": appended.first().map(|a| a.position)})
-            );
-            Ok(())
+            let sequence = appended.first().map(|a| a.position);
+            output.print(
+                &serde_json::json!({"retrospective_id": id, "sequence": sequence}),
+                || {
+                    format!(
+                        "started retrospective {} (sequence {}); the retrospective agent answers it",
+                        id.as_str().unwrap_or_default(),
+                        sequence.unwrap_or_default()
+                    )
+                },
+            )
         }
-        Command::Events { command } => cli::events(open_store(&settings).await?, command).await,
-        Command::Tokens { command } => cli::tokens(open_store(&settings).await?, command).await,
+        Command::Events { command } => {
+            cli::events(open_store(&settings).await?, command, output).await
+        }
+        Command::Tokens { command } => {
+            cli::tokens(open_store(&settings).await?, command, output).await
+        }
         Command::Github {
             command: GithubCommand::CatchUp { hours },
         } => {
-            let token = settings
-                .github
-                .token
-                .clone()
-                .context("catching up needs a GitHub token: set SWITCHYARD_GITHUB__TOKEN")?;
+            let token = settings.github.token.clone().ok_or_else(|| {
+                output::usage("catching up needs a GitHub token: set SWITCHYARD_GITHUB__TOKEN")
+            })?;
             let github = switchyard_github::GitHubHost::new(&settings.github.api_url, token)
                 .map_err(|e| anyhow::anyhow!("GitHub client: {e}"))?;
             let store = open_store(&settings).await?;
-            let report = switchyard_http_api::catch_up(store.pool(), &github, hours).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let report = switchyard_http_api::catch_up(store.pool(), &github, hours)
+                .await
+                .map_err(|e| output::unavailable(e.into()))?;
+            output.print(&report, || {
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            })?;
             anyhow::ensure!(
                 report.errors.is_empty(),
                 "{} errors while catching up",
@@ -323,21 +401,22 @@ async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => {
-                return Err(e).context(
+                return Err(output::unavailable(anyhow::Error::new(e).context(
                     "cannot connect to PostgreSQL (set DATABASE_URL, or run scripts/up to start one)",
-                );
+                )));
             }
         }
     }
 }
 
-async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+/// Applies pending migrations; the number applied in all.
+async fn migrate(pool: &PgPool) -> anyhow::Result<i64> {
     MIGRATOR.run(pool).await.context("applying migrations")?;
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(pool)
         .await?;
     tracing::info!(applied, "database schema is up to date");
-    Ok(())
+    Ok(applied)
 }
 
 /// Every projection the server runs.
@@ -358,34 +437,76 @@ async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
     Ok(EventStore::new(pool, Arc::new(catalog), &settings.store))
 }
 
-async fn projections(settings: Settings, command: ProjectionCommand) -> anyhow::Result<()> {
+async fn projections(
+    settings: Settings,
+    command: ProjectionCommand,
+    output: Output,
+) -> anyhow::Result<()> {
     let catalog =
         Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
     let pool = connect(&settings).await?;
     migrate(&pool).await?;
     let store = EventStore::new(pool, Arc::new(catalog), &settings.store);
-    let runner = ProjectionRunner::new(store, all_projections(), settings.projections.batch);
+    let runner =
+        ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch);
     runner.ensure_schemas().await?;
     match command {
         ProjectionCommand::Status => {
-            for p in runner.status(1_000_000).await? {
-                println!(
-                    "{:<20} cursor {:<28} applied {:>10}  lag {:>8}",
-                    p.name, p.cursor, p.applied, p.lag_events
-                );
-            }
+            let status = runner.status(1_000_000).await?;
+            output.print(&status, || {
+                status
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{:<20} cursor {:<28} applied {:>10}  lag {:>8}",
+                            p.name, p.cursor, p.applied, p.lag_events
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
         }
         ProjectionCommand::Rebuild { name } => {
-            let started = std::time::Instant::now();
-            let applied = runner.rebuild(&name).await?;
-            let seconds = started.elapsed().as_secs_f64();
-            println!(
-                "rebuilt {name}: {applied} events in {seconds:.2} s ({:.0} events/s), swapped in",
-                applied as f64 / seconds.max(1e-9)
+            if !runner.names().contains(&name.as_str()) {
+                return Err(output::not_found(format!(
+                    "no projection named {name:?} (there are: {})",
+                    runner.names().join(", ")
+                )));
+            }
+            let total = store
+                .lag(switchyard_events::Cursor::START, i64::MAX)
+                .await?;
+            let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or_default());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "rebuilding {prefix} [{bar:30}] {pos}/{len} events, {per_sec}, {eta} left",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
+            bar.set_prefix(name.clone());
+            let started = std::time::Instant::now();
+            let progress = {
+                let bar = bar.clone();
+                move |read: i64| bar.set_position(u64::try_from(read).unwrap_or_default())
+            };
+            let read = runner.rebuild_with_progress(&name, &progress).await?;
+            bar.finish_and_clear();
+            let seconds = started.elapsed().as_secs_f64();
+            let per_second = read as f64 / seconds.max(1e-9);
+            output.print(
+                &serde_json::json!({
+                    "projection": name, "read": read, "seconds": seconds,
+                    "events_per_second": per_second, "swapped_in": true,
+                }),
+                || {
+                    format!(
+                        "rebuilt {name}: {read} events in {seconds:.2} s ({per_second:.0} events/s), swapped in"
+                    )
+                },
+            )
         }
     }
-    Ok(())
 }
 
 async fn serve(
@@ -553,26 +674,42 @@ async fn serve(
 }
 
 /// `switchyard check-config`: what `serve` checks before it touches anything.
-fn check_config(settings: &Settings) -> anyhow::Result<()> {
-    Catalog::load(settings.events_dir.as_deref()).context("loading the event catalog")?;
+fn check_config(settings: &Settings, output: Output) -> anyhow::Result<()> {
+    let catalog = Catalog::load(settings.events_dir.as_deref())
+        .context("loading the event catalog")
+        .map_err(|e| output::usage(format!("{e:#}")))?;
     let (agents, artifacts, schedule) = agents_and_contracts(
         settings,
         None,
         switchyard_agents::DeadLetterHandle::default(),
-    )?;
-    println!(
-        "configuration ok: listen {}, {} NATS server(s), {} agents, {} artifact contracts, retrospectives {}",
-        settings.listen,
-        nats_servers(&settings.nats.url).len(),
-        agents.len(),
-        artifacts.contracts.all().len(),
-        if schedule.is_some() {
-            format!("at {:?} (UTC)", settings.retrospectives.schedule)
-        } else {
-            "by hand only".to_owned()
-        }
-    );
-    Ok(())
+    )
+    .map_err(|e| output::usage(format!("{e:#}")))?;
+    let retrospectives = if schedule.is_some() {
+        format!("at {:?} (UTC)", settings.retrospectives.schedule)
+    } else {
+        "by hand only".to_owned()
+    };
+    let nats = nats_servers(&settings.nats.url).len();
+    output.print(
+        &serde_json::json!({
+            "ok": true,
+            "listen": settings.listen.to_string(),
+            "nats_servers": nats,
+            "event_types": catalog.len(),
+            "agents": agents.iter().map(|a| a.manifest().name.clone()).collect::<Vec<_>>(),
+            "artifact_contracts": artifacts.contracts.all().len(),
+            "retrospectives": retrospectives,
+        }),
+        || {
+            format!(
+                "configuration ok: listen {}, {nats} NATS server(s), {} event types, {} agents, {} artifact contracts, retrospectives {retrospectives}",
+                settings.listen,
+                catalog.len(),
+                agents.len(),
+                artifacts.contracts.all().len(),
+            )
+        },
+    )
 }
 
 /// The agents, their artifact contracts, and the retrospective schedule.
