@@ -851,6 +851,44 @@ async fn the_cli_approves_a_proposal_made_over_http() {
     .await
     .unwrap();
     assert!(!again.status.success(), "a decision is taken once");
+    assert_eq!(again.status.code(), Some(4), "a conflict exits with 4");
+
+    // Scripts get JSON and exit codes that say what went wrong.
+    let listed = cli(&["proposals", "-w", "cli", "list", "--output", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        (listed[0]["id"].as_str(), listed[0]["status"].as_str()),
+        (Some(id.as_str()), Some("approved"))
+    );
+    let missing = cli(&["proposals", "-w", "cli", "show", "nope", "--output", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(3), "not found exits with 3");
+    let error: Value = serde_json::from_slice(&missing.stderr).unwrap();
+    assert_eq!(error["error"]["kind"], "not_found", "{error}");
+    let bogus = cli(&["proposals", "-w", "cli", "list", "--status", "bogus"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bogus.status.code(), Some(2), "a bad value exits with 2");
+    let unreachable = cli(&["projections", "status"])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("SWITCHYARD_DATABASE__CONNECT_TIMEOUT_SECS", "0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        unreachable.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&unreachable.stderr)
+    );
 
     let (status, shown) = server
         .request(

@@ -189,13 +189,19 @@ async fn measure(
         "POST",
         "/v1/workspaces",
         "application/json",
-        Bytes::from(json!({"id": "bench"}).to_string()),
+        Bytes::from(
+            json!({"id": "bench", "name": "bench",
+                   "repository": {"kind": "local", "path": std::env::temp_dir().join("switchyard-bench-repo")}})
+            .to_string(),
+        ),
     )
     .await
     .context("creating the bench workspace")?;
     raw::create_table(&pool).await?;
 
-    // 1. Single-event appends, concurrent clients.
+    // 1. Single-event appends, concurrent clients. Each event opens a stream of its own, as
+    // each raw row does: concurrent appends to one stream without an expected version can
+    // answer 503 "retry" when two transactions race for its next version.
     let bar = progress(quiet, args.events, "raw INSERT, 1 row/tx");
     let raw_single = raw::single_inserts(&pool, args.clients, args.events, &bar).await?;
     let bar = progress(quiet, args.events, "HTTP append, 1 event/request");
@@ -203,12 +209,7 @@ async fn measure(
         let http = http.clone();
         closed_loop(args.clients, args.events, 1, &bar, move |n| {
             let http = http.clone();
-            async move {
-                let body = note(n, &format!("bench/single/{}", n % 1_000));
-                http.ok("POST", "/v1/workspaces/bench/events", STRUCTURED, body)
-                    .await?;
-                Ok(())
-            }
+            async move { post_events(&http, &note_value(n, &format!("bench/single/{n}"))).await }
         })
         .await?
     };
@@ -234,10 +235,7 @@ async fn measure(
                 let events: Vec<Value> = (0..100)
                     .map(|i| note_value(b * 100 + i, &format!("bench/batch/{b}")))
                     .collect();
-                let body = Bytes::from(serde_json::to_vec(&events)?);
-                http.ok("POST", "/v1/workspaces/bench/events", BATCH, body)
-                    .await?;
-                Ok(())
+                post_events(&http, &Value::Array(events)).await
             }
         })
         .await?
@@ -261,6 +259,8 @@ async fn measure(
     }
 
     // 3. Commit → JetStream (the relay), at a fixed rate; raw JetStream publishes beside it.
+    // Each server path starts once the server has caught up with what came before it.
+    settle(&http).await?;
     let relay = relay_latency(args, setup, &http, nats).await?;
     let raw_subject = format!("{}raw.note", setup.prefix);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -285,6 +285,7 @@ async fn measure(
     );
 
     // 4. Append → agent handled → its event committed.
+    settle(&http).await?;
     let agent = agent_latency(args, setup, &http, nats).await?;
     report.latency(
         "append → agent handled → its event committed, 500 events/s",
@@ -295,6 +296,7 @@ async fn measure(
 
     // 5. Projection rebuild, with the store filled.
     fill(args, &http, &pool).await?;
+    settle(&http).await?;
     let total = raw::count(&pool, "SELECT count(*) FROM events").await?;
     let raw_read = raw::ordered_read(&pool).await?;
     for projection in ["agent_state", "proposals"] {
@@ -303,6 +305,7 @@ async fn measure(
     }
 
     // 6. API read of a projection list.
+    settle(&http).await?;
     let bar = progress(quiet, 200 * args.seconds, "GET proposals, 200/s");
     let reads = {
         let http = http.clone();
@@ -339,6 +342,32 @@ async fn measure(
     Ok(report)
 }
 
+/// Waits until the server is idle: the relay and every projection caught up with the store
+/// (`GET /v1/ops/status`), so that a path is not measured against the backlog of the last.
+async fn settle(http: &Http) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let status: Value = serde_json::from_slice(
+            &http
+                .ok("GET", "/v1/ops/status", "application/json", Bytes::new())
+                .await?,
+        )?;
+        let relay = status["relay"]["status"]["lag_events"].as_i64();
+        let projections = status["projections"].as_array().map(|all| {
+            all.iter()
+                .filter_map(|p| p["lag_events"].as_i64())
+                .sum::<i64>()
+        });
+        if relay == Some(0) && projections == Some(0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not catch up within 600 s: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s.max(1))
 }
@@ -354,8 +383,18 @@ fn note_value(n: u64, subject: &str) -> Value {
     })
 }
 
-fn note(n: u64, subject: &str) -> Bytes {
-    Bytes::from(note_value(n, subject).to_string())
+/// Appends through the CloudEvents endpoint of the bench workspace: one event (structured
+/// mode) or an array of them (batch mode).
+async fn post_events(http: &Http, events: &Value) -> anyhow::Result<()> {
+    let content_type = if events.is_array() { BATCH } else { STRUCTURED };
+    http.ok(
+        "POST",
+        "/v1/workspaces/bench/events",
+        content_type,
+        Bytes::from(serde_json::to_vec(events)?),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Appends notes at 1 000/s and times each from its 2xx (committed) to its message on the
@@ -398,15 +437,9 @@ async fn relay_latency(
         open_loop(1_000, secs(args.seconds), &bar, move |n, due| {
             let (http, appended) = (http.clone(), Arc::clone(&appended));
             async move {
-                let event = note_value(n, &format!("bench/relay/{}", n % 100));
+                let event = note_value(n, &format!("bench/relay/{n}"));
                 let id = event["id"].as_str().unwrap_or_default().to_owned();
-                http.ok(
-                    "POST",
-                    "/v1/workspaces/bench/events",
-                    STRUCTURED,
-                    Bytes::from(event.to_string()),
-                )
-                .await?;
+                post_events(&http, &event).await?;
                 if let Ok(mut a) = appended.lock() {
                     a.push((id, Instant::now()));
                 }
@@ -507,15 +540,9 @@ async fn agent_latency(
                 }
                 let event = json!({
                     "specversion": "1.0", "id": id, "source": "/bench", "type": "bench.ping.v1",
-                    "subject": format!("bench/ping/{}", n % 100), "data": {"n": n},
+                    "subject": format!("bench/ping/{n}"), "data": {"n": n},
                 });
-                http.ok(
-                    "POST",
-                    "/v1/workspaces/bench/events",
-                    STRUCTURED,
-                    Bytes::from(event.to_string()),
-                )
-                .await?;
+                post_events(&http, &event).await?;
                 let seen = tokio::time::timeout(Duration::from_secs(60), rx)
                     .await
                     .with_context(|| format!("no pong for ping {id} within 60 s"))??;
@@ -565,9 +592,11 @@ async fn fill(args: &Args, http: &Http, pool: &PgPool) -> anyhow::Result<()> {
     let now = raw::count(pool, "SELECT count(*) FROM events").await?;
     let missing = args.fill.saturating_sub(now as u64);
     let batches = missing.div_ceil(1_000);
+    // One batch at a time: the batches share streams (memory keys), and concurrent appends to
+    // one stream without an expected version may be refused with 503 "retry".
     let bar = progress(args.quiet, batches * 1_000, "fill: events");
     let http = http.clone();
-    closed_loop(2, batches, 1_000, &bar, move |b| {
+    closed_loop(1, batches, 1_000, &bar, move |b| {
         let http = http.clone();
         async move {
             let events: Vec<Value> = (0..1_000u64)
@@ -589,14 +618,7 @@ async fn fill(args: &Args, http: &Http, pool: &PgPool) -> anyhow::Result<()> {
                     }
                 })
                 .collect();
-            http.ok(
-                "POST",
-                "/v1/workspaces/bench/events",
-                BATCH,
-                Bytes::from(serde_json::to_vec(&events)?),
-            )
-            .await?;
-            Ok(())
+            post_events(&http, &Value::Array(events)).await
         }
     })
     .await?;

@@ -16,11 +16,9 @@ use crate::load::{Figures, closed_loop, open_loop};
 
 /// `raw_events`: a copy of `events` with its columns and indexes, without its trigger.
 pub(crate) async fn create_table(pool: &PgPool) -> anyhow::Result<()> {
-    pool.execute(
-        "CREATE TABLE raw_events (LIKE events INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING CONSTRAINTS)",
-    )
-    .await
-    .context("creating raw_events")?;
+    pool.execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
+        .await
+        .context("creating raw_events")?;
     Ok(())
 }
 

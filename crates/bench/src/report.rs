@@ -62,17 +62,8 @@ impl Report {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_else(|_| "switchyard (unknown version)".into());
         let mut command = String::from("scripts/bench");
-        let defaults = Args {
-            server: None,
-            events: 20_000,
-            clients: 32,
-            seconds: 10,
-            fill: 100_000,
-            quick: false,
-            write: None,
-            output: crate::Output::Text,
-            quiet: false,
-        };
+        // The defaults, from the arguments' own definitions.
+        let defaults = <Args as clap::Parser>::parse_from(["switchyard-bench"]);
         if args.quick {
             command.push_str(" --quick");
         } else {

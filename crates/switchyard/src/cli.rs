@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::{Value, json};
 use switchyard_events::{Cursor, EventType, Source, StreamId, Workspace};
-use switchyard_proposals::{Decision, Status, decide, fold, stream};
+use switchyard_proposals::{Decision, DecisionError, Status, decide, fold, stream};
 use switchyard_store::{EventStore, ReadFilter, Wakeups};
 
 use crate::output::{self, Output};
@@ -202,7 +202,13 @@ async fn record(
         by,
         "cli",
         &decision,
-    )?;
+    )
+    .map_err(|e| match e {
+        DecisionError::AlreadyDecided { .. } | DecisionError::HashMismatch { .. } => {
+            output::conflict(e.to_string())
+        }
+        other => output::usage(other.to_string()),
+    })?;
     match store.append(vec![event]).await {
         Ok(_) => Ok(()),
         Err(switchyard_store::Error::Conflict { .. }) => Err(output::conflict(format!(

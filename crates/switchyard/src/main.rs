@@ -813,3 +813,35 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down: draining requests");
 }
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory as _;
+
+    /// Every leaf subcommand's `--help` shows an example.
+    #[test]
+    fn every_subcommand_has_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let subcommands: Vec<_> = command.get_subcommands().collect();
+            let help = command
+                .get_long_about()
+                .or(command.get_about())
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if subcommands.is_empty() && !help.contains("Example") {
+                missing.push(path.clone());
+            }
+            for sub in subcommands {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for sub in super::Cli::command().get_subcommands() {
+            walk(sub, "switchyard", &mut missing);
+        }
+        assert!(missing.is_empty(), "no example in the help of: {missing:?}");
+    }
+}
