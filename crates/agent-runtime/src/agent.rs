@@ -45,7 +45,7 @@ impl Manifest {
     }
 
     /// The data of its `agent.registered.v1` event.
-    pub(crate) fn registration(&self) -> Value {
+    pub fn registration(&self) -> Value {
         let mut data = json!({
             "name": self.name,
             "version": self.version,

@@ -220,6 +220,53 @@ pub fn consumer_name(agent: &str, ty: &EventType) -> String {
     format!("{agent}--{}", encode_type(ty).replace('.', "_"))
 }
 
+/// The durable pull consumer of `agent` for `ty` on `stream`, created when missing: the
+/// built-in agents' and the external agents' (registered over HTTP) alike.
+pub async fn ensure_consumer(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    subject_prefix: &str,
+    agent: &str,
+    ty: &EventType,
+    config: &RuntimeConfig,
+) -> Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream_name = stream;
+    let stream = jetstream
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Error::StreamMissing(stream_name.to_owned())
+            }
+            _ => js(e),
+        })?;
+    let name = consumer_name(agent, ty);
+    stream
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: type_filter(subject_prefix, ty),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: Duration::from_secs(config.ack_wait_secs),
+                // Switchyard dead-letters at `max_deliver` itself; JetStream's own limit is a
+                // safety net above it, so that an event whose dead-lettering failed (the
+                // database was away) is still delivered again rather than stranded.
+                max_deliver: config.max_deliver.saturating_add(10),
+                // Deliveries out at once over all instances: room for each instance's
+                // prefetch (the client pulls 200 at a time) and in-flight batches, for
+                // many instances. At 1 000, two instances' prefetch left a third nothing.
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(js)
+}
+
 impl AgentRuntime {
     /// A runtime consuming the relay's `stream` (subjects `<subject_prefix>.>`).
     pub fn new(
@@ -322,41 +369,15 @@ impl AgentRuntime {
         agent: &str,
         ty: &EventType,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
-        let stream = self
-            .jetstream
-            .get_stream(&self.stream)
-            .await
-            .map_err(|e| match e.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(inner)
-                    if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    Error::StreamMissing(self.stream.clone())
-                }
-                _ => js(e),
-            })?;
-        let name = consumer_name(agent, ty);
-        stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: type_filter(&self.subject_prefix, ty),
-                    ack_policy: AckPolicy::Explicit,
-                    deliver_policy: DeliverPolicy::All,
-                    ack_wait: Duration::from_secs(self.config.ack_wait_secs),
-                    // Switchyard dead-letters at `max_deliver` itself; JetStream's own limit is a
-                    // safety net above it, so that an event whose dead-lettering failed (the
-                    // database was away) is still delivered again rather than stranded.
-                    max_deliver: self.config.max_deliver.saturating_add(10),
-                    // Deliveries out at once over all instances: room for each instance's
-                    // prefetch (the client pulls 200 at a time) and in-flight batches, for
-                    // many instances. At 1 000, two instances' prefetch left a third nothing.
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(js)
+        ensure_consumer(
+            &self.jetstream,
+            &self.stream,
+            &self.subject_prefix,
+            agent,
+            ty,
+            &self.config,
+        )
+        .await
     }
 
     async fn consume(

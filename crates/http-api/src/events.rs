@@ -48,7 +48,7 @@ impl From<Appended> for AppendedView {
 /// Types that only Switchyard writes, each through its own route or agent, where the rules
 /// that give them meaning are enforced (a decision names exactly what was approved, by whom,
 /// once). Accepting them here would let a `propose` token forge an approval.
-fn owned_elsewhere(ty: &str) -> Option<&'static str> {
+pub(crate) fn owned_elsewhere(ty: &str) -> Option<&'static str> {
     Some(match ty {
         "workspace.created.v1" => "POST /v1/workspaces",
         "workspace.configured.v1" => "PUT /v1/workspaces/{ws}/settings",
@@ -149,6 +149,40 @@ pub(crate) async fn post_events(
                 error.at(format!("/{i}/type"))
             } else {
                 error.at("/type")
+            });
+        }
+    }
+    // An agent's source is its own: only a registered external agent emits as
+    // `/agents/<name>`, and only the types it declared.
+    let mut emitters: Vec<(String, Result<Vec<String>, String>)> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let Some(name) = event.source.as_str().strip_prefix("/agents/") else {
+            continue;
+        };
+        let name = name.split('/').next().unwrap_or_default().to_owned();
+        let known = match emitters.iter().find(|(n, _)| *n == name) {
+            Some((_, known)) => known.clone(),
+            None => {
+                let known = crate::agents::external_emitter(&state, &name).await;
+                emitters.push((name.clone(), known.clone()));
+                known
+            }
+        };
+        let refused = match known {
+            Err(why) => Some(why),
+            Ok(emits) if !emits.iter().any(|t| t == event.ty.as_str()) => Some(format!(
+                "agent {name} did not declare {} in its emits ({}); re-register it with PUT /v1/agents/{name}",
+                event.ty,
+                emits.join(", ")
+            )),
+            Ok(_) => None,
+        };
+        if let Some(why) = refused {
+            let error = ApiError::forbidden(why).with_code("not_your_source");
+            return Err(if batch {
+                error.at(format!("/{i}/source"))
+            } else {
+                error.at("/source")
             });
         }
     }

@@ -5,6 +5,7 @@
 //! only after its events are committed; every error has the shape
 //! `{"code", "message", "pointer"?}` and appends nothing.
 
+mod agents;
 mod artifacts;
 mod auth;
 mod error;
@@ -17,6 +18,8 @@ mod proposals;
 mod serve;
 mod tokens;
 mod workspaces;
+
+pub use agents::{AgentBus, REGISTRAR};
 
 use std::{
     collections::HashSet,
@@ -119,6 +122,8 @@ pub struct AppState {
     modes: Option<Arc<switchyard_telemetry::Modes>>,
     /// The artifact contracts and the agents they are held against.
     artifacts: Option<Arc<ArtifactSetup>>,
+    /// The built-in agents and where the relay publishes, for external agents.
+    agent_bus: Option<Arc<AgentBus>>,
 }
 
 /// The artifact contracts and what the running agents say about artifacts.
@@ -172,7 +177,16 @@ impl AppState {
             github: None,
             modes: None,
             artifacts: None,
+            agent_bus: None,
         }
+    }
+
+    /// Plugs in the agent bus: the built-in agents' names (which external agents cannot
+    /// take) and the relay's stream and subject prefix (the consumers they pull from).
+    #[must_use]
+    pub fn with_agent_bus(mut self, bus: AgentBus) -> Self {
+        self.agent_bus = Some(Arc::new(bus));
+        self
     }
 
     /// Plugs in the artifact contracts (the artifacts routes, and the check of a workspace's
@@ -298,6 +312,8 @@ pub fn router(state: AppState) -> Router {
             post(messages::send).get(messages::list),
         )
         .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{name}", put(agents::register).get(agents::show))
         .route("/v1/workspaces/{ws}/artifacts", get(artifacts::list))
         .route("/v1/workspaces/{ws}/artifacts/{name}", get(artifacts::show))
         .route(

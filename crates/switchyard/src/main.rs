@@ -14,7 +14,7 @@ use secrecy::ExposeSecret as _;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use switchyard_agent_runtime::AgentRuntime;
 use switchyard_events::Catalog;
-use switchyard_http_api::{AppState, WebhookSecret, bootstrap_admin_token, router};
+use switchyard_http_api::{AgentBus, AppState, WebhookSecret, bootstrap_admin_token, router};
 use switchyard_projections::ProjectionRunner;
 use switchyard_relay::Relay;
 use switchyard_store::{EventStore, MIGRATOR};
@@ -534,6 +534,12 @@ async fn serve(
         .iter()
         .map(|a| switchyard_artifacts::AgentArtifacts::from(a.manifest()))
         .collect();
+    let agent_bus = AgentBus {
+        builtin: agents.iter().map(|a| a.manifest().name.clone()).collect(),
+        stream: settings.relay.stream.clone(),
+        subject_prefix: settings.relay.subject_prefix.clone(),
+        runtime: settings.runtime.clone(),
+    };
 
     let pool = connect(&settings).await?;
     migrate(&pool).await?;
@@ -615,7 +621,8 @@ async fn serve(
     let mut state = AppState::new(store.clone(), Some(nats), settings.api.clone())
         .with_ops(ops)
         .with_modes(Arc::clone(&modes))
-        .with_artifacts(Arc::clone(&artifacts.contracts), manifests);
+        .with_artifacts(Arc::clone(&artifacts.contracts), manifests)
+        .with_agent_bus(agent_bus);
     match &settings.github.webhook_secret {
         Some(secret) => state = state.with_webhook_secret(WebhookSecret::new(secret.clone())),
         None => tracing::info!(
