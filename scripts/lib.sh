@@ -5,6 +5,8 @@
 #   ensure_cargo     cargo must exist; exports CARGO_TARGET_DIR (shared cache by default)
 #   ensure_postgres  exports DATABASE_URL (role/database `switchyard`, with CREATEDB)
 #   ensure_nats      exports NATS_URL (a nats-server with JetStream)
+#   ensure_example_python  exports SWITCHYARD_PYTHON (a venv with the Python example's
+#                    requirements, docs/examples/python-agent, for its e2e test)
 #
 # ensure_postgres and ensure_nats install the Debian packages when missing, reuse a
 # server that already runs on the standard port, and otherwise start a private one
@@ -165,6 +167,27 @@ ensure_cargo() {
         sy_die "cargo not found: install the Rust toolchain (https://rustup.rs) and make sure cargo is on PATH"
     sy_default_target_dir
     sy_log "cargo: $(cargo --version), CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+}
+
+# A venv under the shared cache with docs/examples/python-agent/requirements.txt installed
+# (from PyPI, once per change of the file); exports SWITCHYARD_PYTHON, its python.
+ensure_example_python() {
+    local cache="${SWITCHYARD_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/switchyard}"
+    local venv="$cache/example-venv"
+    local requirements="$SWITCHYARD_ROOT/docs/examples/python-agent/requirements.txt"
+    command -v python3 >/dev/null 2>&1 ||
+        sy_die "python3 not found: the external-agent example needs it (apt-get install python3 python3-venv)"
+    if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
+        sy_log "python: installing the example agent's requirements into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv" || sy_die "python3 -m venv failed (apt-get install python3-venv)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" ||
+            sy_die "pip could not install $requirements"
+        cp "$requirements" "$venv/requirements.txt"
+    fi
+    SWITCHYARD_PYTHON="$venv/bin/python"
+    export SWITCHYARD_PYTHON
+    sy_log "python: $("$SWITCHYARD_PYTHON" --version) with nats-py ($venv)"
 }
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use switchyard_testkit::TempDatabase;
 
+mod external;
 mod github;
 mod observability;
 mod retrospectives;

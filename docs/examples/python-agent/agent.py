@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -72,7 +73,15 @@ def register():
         "subscribes": ["proposal.created.v1"],
         "emits": ["agent.message.sent.v1"],
     }
-    status, agent = request("PUT", f"/v1/agents/{AGENT}", manifest)
+    for attempt in range(60):
+        try:
+            status, agent = request("PUT", f"/v1/agents/{AGENT}", manifest)
+            break
+        except (RuntimeError, OSError) as e:  # starting, or JetStream not ready: again
+            log(f"registration failed, retrying: {e}")
+            time.sleep(min(0.2 * (attempt + 1), 2))
+    else:
+        sys.exit(f"[{AGENT}] could not register")
     log(f"registered ({status}); consumers: {[c['durable'] for c in agent['consumers']]}")
     return agent
 

@@ -182,10 +182,7 @@ async fn only_a_registered_agent_emits_as_itself_and_only_what_it_declared(pool:
         assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
         assert_eq!(error["code"], "not_your_source");
         assert_eq!(error["pointer"], "/source");
-        assert!(
-            error["message"].as_str().unwrap().contains(why),
-            "{error}"
-        );
+        assert!(error["message"].as_str().unwrap().contains(why), "{error}");
     }
 
     assert_eq!(
