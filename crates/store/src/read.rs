@@ -133,7 +133,12 @@ impl EventStore {
         let rows: Vec<PgRow> = sqlx::query(concat!(
             "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
              SELECT w.xmin::text::int8 AS watermark,
-                    EXISTS (SELECT 1 FROM events h WHERE h.transaction_id >= w.xmin) AS held_back,
+                    -- The newest visible row, by an index-only scan backwards: an EXISTS
+                    -- here was planned as a sequential scan of the whole table (22 ms at 60 000
+                    -- events, per page read; 0.06 ms this way).
+                    coalesce((SELECT h.transaction_id FROM events h
+                              ORDER BY h.transaction_id DESC LIMIT 1) >= w.xmin, false)
+                        AS held_back,
                     e.*
              FROM w LEFT JOIN LATERAL (
                  SELECT ",
