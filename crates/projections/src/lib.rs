@@ -74,12 +74,18 @@ pub struct ProjectionStatus {
     pub lag_events: i64,
 }
 
+/// Events read (and applied in one transaction) per page of a rebuild: larger than the live
+/// batch, as a rebuild has a long way to go and no reader waits on its commits.
+const REBUILD_PAGE: u32 = 5_000;
+
 /// Runs projections: follows the store, applies, checkpoints, rebuilds.
 #[derive(Clone)]
 pub struct ProjectionRunner {
     store: EventStore,
     projections: Vec<Arc<dyn Projection>>,
     batch: u32,
+    /// After a page shorter than `batch`, how long to let events gather before the next read.
+    coalesce: Duration,
 }
 
 impl std::fmt::Debug for ProjectionRunner {
@@ -106,7 +112,18 @@ impl ProjectionRunner {
             store,
             projections,
             batch: batch.max(1),
+            coalesce: Duration::ZERO,
         }
+    }
+
+    /// Under a steady stream of small commits, waits `coalesce` after a short page before
+    /// reading again, so that each projection reads (and commits its checkpoint) at most about
+    /// once per `coalesce` instead of once per commit of the store. An idle projection still
+    /// wakes at once on the next commit.
+    #[must_use]
+    pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
+        self.coalesce = coalesce;
+        self
     }
 
     /// The built-in projections.
@@ -193,6 +210,13 @@ impl ProjectionRunner {
                 return Ok(());
             }
             let (applied, held_back) = self.advance(projection).await?;
+            if applied > 0 && applied < self.batch as usize && !self.coalesce.is_zero() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(self.coalesce) => {}
+                }
+                continue;
+            }
             if applied < self.batch as usize {
                 let wait = if held_back {
                     5
@@ -273,7 +297,7 @@ impl ProjectionRunner {
         loop {
             let page = self
                 .store
-                .read_all(cursor, &ReadFilter::default(), self.batch)
+                .read_all(cursor, &ReadFilter::default(), REBUILD_PAGE.max(self.batch))
                 .await?;
             if page.events.is_empty() {
                 break;
@@ -293,7 +317,7 @@ impl ProjectionRunner {
         loop {
             let page = self
                 .store
-                .read_all(cursor, &ReadFilter::default(), self.batch)
+                .read_all(cursor, &ReadFilter::default(), REBUILD_PAGE.max(self.batch))
                 .await?;
             if page.events.is_empty() {
                 break;

@@ -580,7 +580,8 @@ async fn serve(
     // them; the relay is active on one, projections and consumers share the work.
     let relay = Relay::new(store.clone(), nats.clone(), settings.relay.clone());
     let projections =
-        ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch);
+        ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch)
+            .with_coalesce(Duration::from_millis(settings.projections.coalesce_ms));
     projections
         .ensure_schemas()
         .await

@@ -317,3 +317,42 @@ async fn many_clients_appending_to_one_stream_all_land(pool: PgPool) {
     assert_eq!(versions, (1..=800).collect::<Vec<u64>>());
     assert_eq!(count(&pool).await, 800);
 }
+
+/// Concurrent batches over the same streams (as a bulk import sends them), without expected
+/// versions: the writers' races on those streams are settled, not surfaced as
+/// `ConcurrentWrite`, and every stream's versions stay 1..=N.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn concurrent_batches_over_shared_streams_all_land(pool: PgPool) {
+    let store = store(&pool);
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..10 {
+                let events = (0..200)
+                    .map(|i| {
+                        memory(
+                            "demo",
+                            &format!("agent/s{}", i % 100),
+                            &format!("c{client}-{b}-{i}"),
+                        )
+                    })
+                    .collect();
+                store.append(events).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("every batch lands");
+    }
+    assert_eq!(count(&pool).await, 16_000);
+    let gaps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT stream_id, max(stream_version) AS v, count(*) AS n
+                               FROM events GROUP BY stream_id) s WHERE v <> n",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(gaps, 0);
+}
