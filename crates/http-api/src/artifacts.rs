@@ -81,7 +81,8 @@ pub(crate) async fn list(
     Ok(Json(ArtifactList { artifacts }).into_response())
 }
 
-/// One read of an artifact. (Fields in alphabetical order, as the answer always had.)
+/// One read of an artifact.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ArtifactRead {
     /// The consumer.
@@ -94,8 +95,8 @@ pub(crate) struct ArtifactRead {
     version: i64,
 }
 
-/// An artifact with every version and every read. (Fields in alphabetical order, as the
-/// answer always had.)
+/// An artifact with every version and every read.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ArtifactDetail {
     #[serde(serialize_with = "crate::sorted_keys")]
@@ -262,7 +263,8 @@ pub(crate) struct StartRetrospective {
     window: Option<Window>,
 }
 
-/// A retrospective just asked for. (Fields in alphabetical order, as the answer always had.)
+/// A retrospective just asked for.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct RetrospectiveStarted {
     /// Its id.

@@ -82,7 +82,8 @@ pub(crate) struct WebhookDelivery {
     sequences: Vec<i64>,
 }
 
-/// The answer to a delivery. (Fields in alphabetical order, as the answer always had.)
+/// The answer to a delivery.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct WebhookAnswer {
     /// What was recorded for it (the first time, for a redelivery).

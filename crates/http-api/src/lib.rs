@@ -456,7 +456,8 @@ struct SchemaList {
     schemas: Vec<SchemaInfo>,
 }
 
-/// One event type of the catalog. (Fields in alphabetical order, as the answer always had.)
+/// One event type of the catalog.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SchemaInfo {
     /// Shipped with Switchyard (else loaded from the configured directory).

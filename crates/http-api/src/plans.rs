@@ -39,7 +39,8 @@ fn event(
     ))
 }
 
-/// A plan just submitted. (Fields in alphabetical order, as the answer always had.)
+/// A plan just submitted.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct PlanSubmitted {
     /// The plan's id.
@@ -285,7 +286,8 @@ pub(crate) struct CancelBody {
     reason: Option<String>,
 }
 
-/// A cancellation just asked for. (Fields in alphabetical order, as the answer always had.)
+/// A cancellation just asked for.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct PlanCancelling {
     /// The plan.
@@ -376,7 +378,8 @@ pub(crate) struct ResolveBody {
     comment: Option<String>,
 }
 
-/// A resolution just recorded. (Fields in alphabetical order, as the answer always had.)
+/// A resolution just recorded.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct TaskResolved {
     /// `retry`, `skip` or `abort`.

@@ -59,7 +59,8 @@ fn api_source() -> Result<Source, ApiError> {
     Source::parse("/api").map_err(ApiError::from)
 }
 
-/// A proposal just created. (Fields in alphabetical order, as the answer always had.)
+/// A proposal just created.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ProposalCreated {
     /// SHA-256 of what would be committed; an approval may name it.
@@ -286,7 +287,8 @@ pub(crate) struct RejectBody {
     reason: String,
 }
 
-/// A decision just recorded. (Fields in alphabetical order, as the answer always had.)
+/// A decision just recorded.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Decided {
     /// Who decided (the token's name).

@@ -26,7 +26,7 @@ pub struct TokenInfo {
     pub id: uuid::Uuid,
     /// Its name, recorded as the author or approver of what it does.
     pub name: String,
-    /// Its workspace, or `None` for every workspace.
+    /// Its workspace; `null` (none) for every workspace.
     pub workspace: Option<String>,
     /// Its scope (`read`, `propose`, `approve`, `admin`).
     #[schema(pattern = "^(read|propose|approve|admin)$")]

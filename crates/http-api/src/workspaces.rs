@@ -155,8 +155,8 @@ pub(crate) async fn settings(
     .map_err(|e| ApiError::internal(&e))
 }
 
-/// A workspace's settings after `PUT …/settings`. (Fields in alphabetical order, as the answer
-/// always had.)
+/// A workspace's settings after `PUT …/settings`.
+// Fields in alphabetical order: the bytes `json!` wrote before.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct SettingsSet {
     /// The settings, as given.
