@@ -166,9 +166,23 @@ fn openapi_document_lists_every_route_and_the_router_has_no_undocumented_one() {
     );
     // The router is built from `routes!` alone: a plain `.route(` (or a nested router) would
     // serve a path the document does not know.
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-    for entry in std::fs::read_dir(src).unwrap() {
-        let path = entry.unwrap().path();
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 10, "{files:?}");
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         for needle in [
             ".route(",
@@ -239,6 +253,93 @@ fn violations(doc: &Value, schema: &Value, body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The schema of the request body of `method path` as `content_type`.
+fn request_schema(doc: &Value, method: &str, path: &str, content_type: &str) -> Value {
+    let schema = &doc["paths"][path][method.to_lowercase()]["requestBody"]["content"][content_type]
+        ["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} takes no {content_type} body"
+    );
+    schema.clone()
+}
+
+/// `body`, sent as `content_type` to `method path`, is what the document describes.
+fn assert_request_documented(
+    doc: &Value,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+) {
+    let problems = violations(doc, &request_schema(doc, method, path, content_type), body);
+    assert!(
+        problems.is_empty(),
+        "{method} {path}: the document refuses a body the server takes: {problems:?}\n{body}"
+    );
+}
+
+/// The request bodies that are the data of an event (or part of it) take every example of
+/// that event's schema (the catalog's, which the server checks), and refuse what it refuses.
+#[test]
+fn openapi_request_bodies_take_the_examples_of_their_event_schemas() {
+    let doc = document();
+    let catalog = switchyard_events::Catalog::builtin().unwrap();
+    let examples = |ty: &str| -> Vec<Value> {
+        let schema = catalog.get(ty).unwrap_or_else(|| panic!("no schema {ty}"));
+        let examples = schema.document()["examples"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!examples.is_empty(), "{ty} has examples");
+        examples
+    };
+    let json = "application/json";
+    for example in examples("workspace.created.v1") {
+        assert_request_documented(&doc, "POST", "/v1/workspaces", json, &example);
+    }
+    for example in examples("workspace.configured.v1") {
+        assert_request_documented(&doc, "PUT", "/v1/workspaces/{ws}/settings", json, &example);
+    }
+    for example in examples("plan.submitted.v1") {
+        assert_request_documented(
+            &doc,
+            "POST",
+            "/v1/workspaces/{ws}/plans",
+            json,
+            &example["plan"],
+        );
+    }
+    for example in examples("proposal.created.v1") {
+        // The draft: what is left once the server-owned fields are taken out.
+        let mut draft = example.clone();
+        let map = draft.as_object_mut().unwrap();
+        for owned in [
+            "proposal_id",
+            "content_hash",
+            "author",
+            "status",
+            "id",
+            "created_at",
+        ] {
+            map.remove(owned);
+        }
+        assert_request_documented(&doc, "POST", "/v1/workspaces/{ws}/proposals", json, &draft);
+        // A server-owned field is refused by the document as by the server.
+        let schema = request_schema(&doc, "POST", "/v1/workspaces/{ws}/proposals", json);
+        assert!(!violations(&doc, &schema, &example).is_empty(), "{example}");
+    }
+    let schema = request_schema(&doc, "POST", "/v1/workspaces", json);
+    for refused in [
+        json!({"id": "Bad Id", "name": "x", "repository": {"kind": "local", "path": "/r"}}),
+        json!({"id": "ok", "name": "x", "repository": {"kind": "local", "path": "/r"}, "extra": 1}),
+        json!({"id": "ok", "name": "x", "repository": {"kind": "svn", "url": "x"}}),
+        json!({"id": "ok", "name": "x", "repository": {"kind": "local", "path": "relative"}}),
+    ] {
+        assert!(!violations(&doc, &schema, &refused).is_empty(), "{refused}");
+    }
+}
+
 /// `body`, answered with `status` to `method path`, is what the document says.
 fn assert_documented(doc: &Value, method: &str, path: &str, status: StatusCode, body: &Value) {
     let schema = response_schema(doc, method, path, status.as_u16()).unwrap_or_else(|| {
@@ -257,6 +358,7 @@ async fn openapi_answers_match_their_schemas(pool: PgPool) {
     let doc = document();
 
     let body = json!({"id": "demo", "name": "Demo", "repository": {"kind": "github", "owner": "acme", "repo": "widgets", "default_branch": "main"}});
+    assert_request_documented(&doc, "POST", "/v1/workspaces", "application/json", &body);
     let (status, created) = api
         .post_json("/v1/workspaces", "application/json", &body)
         .await;
@@ -314,6 +416,7 @@ async fn openapi_answers_match_their_schemas(pool: PgPool) {
         "confidence": 0.8
     });
     let proposals = "/v1/workspaces/{ws}/proposals";
+    assert_request_documented(&doc, "POST", proposals, "application/json", &draft);
     let (status, proposal) = api
         .send(
             "POST",
@@ -373,6 +476,21 @@ async fn openapi_answers_match_their_schemas(pool: PgPool) {
     let event = json!({"specversion": "1.0", "id": "e-1", "source": "/test", "type": "task.requested.v1",
         "subject": "task/42", "data": {"task_id": "42", "role": "writer", "title": "Write the docs",
             "requested_by": "test", "inputs": {}}});
+    let events_path = "/v1/workspaces/{ws}/events";
+    assert_request_documented(
+        &doc,
+        "POST",
+        events_path,
+        "application/cloudevents+json",
+        &event,
+    );
+    assert_request_documented(
+        &doc,
+        "POST",
+        events_path,
+        "application/cloudevents-batch+json",
+        &json!([event]),
+    );
     let (status, appended) = api
         .post_json(
             "/v1/workspaces/demo/events",
@@ -409,12 +527,16 @@ async fn openapi_answers_match_their_schemas(pool: PgPool) {
     assert_documented(&doc, "GET", "/v1/workspaces/{ws}/events", status, &page);
 
     // Messages: sent, then listed (through the projection).
+    let message = json!({"to": "coach", "content": {"text": "the build is red"}});
+    assert_request_documented(
+        &doc,
+        "POST",
+        "/v1/workspaces/{ws}/messages",
+        "application/json",
+        &message,
+    );
     let (status, sent) = api
-        .post_json(
-            "/v1/workspaces/demo/messages",
-            "application/json",
-            &json!({"to": "coach", "content": {"text": "the build is red"}}),
-        )
+        .post_json("/v1/workspaces/demo/messages", "application/json", &message)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     assert_documented(&doc, "POST", "/v1/workspaces/{ws}/messages", status, &sent);
@@ -439,12 +561,10 @@ async fn openapi_answers_match_their_schemas(pool: PgPool) {
     );
 
     // Tokens, schemas, health.
+    let token = json!({"name": "ci", "workspace": "demo", "scope": "read", "expires_in": "30d"});
+    assert_request_documented(&doc, "POST", "/v1/tokens", "application/json", &token);
     let (status, made) = api
-        .post_json(
-            "/v1/tokens",
-            "application/json",
-            &json!({"name": "ci", "workspace": "demo", "scope": "read", "expires_in": "30d"}),
-        )
+        .post_json("/v1/tokens", "application/json", &token)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
     assert_documented(&doc, "POST", "/v1/tokens", status, &made);
