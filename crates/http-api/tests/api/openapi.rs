@@ -724,6 +724,20 @@ async fn openapi_every_documented_operation_is_served_as_documented(pool: PgPool
             );
         }
     }
+    // A method the document does not give a path is not served there (405).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if item.get(method.to_lowercase()).is_none() {
+                let uri = fill(path, "demo");
+                let (status, body) = api.send(method, &uri, &[], "").await;
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {uri} is served but not documented: {body}"
+                );
+            }
+        }
+    }
     // An undocumented route is the fallback's 404.
     let (status, body) = api.send("GET", "/v1/nothing-here", &[], "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
