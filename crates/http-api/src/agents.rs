@@ -43,10 +43,10 @@ pub struct AgentBus {
     pub runtime: RuntimeConfig,
 }
 
-/// The body of `PUT /v1/agents/{name}`.
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /v1/agents/{name}`: an external agent's manifest.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ManifestBody {
+pub(crate) struct ManifestBody {
     version: String,
     #[serde(default)]
     capabilities: Vec<String>,
@@ -57,8 +57,9 @@ struct ManifestBody {
 }
 
 /// One durable consumer an agent pulls from.
-#[derive(Debug, Serialize)]
-struct ConsumerView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ConsumerView {
+    /// The event type it delivers.
     #[serde(rename = "type")]
     ty: String,
     stream: String,
@@ -67,8 +68,8 @@ struct ConsumerView {
 }
 
 /// A registered agent, and how it plugs in.
-#[derive(Debug, Serialize)]
-struct AgentView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentView {
     name: String,
     version: String,
     capabilities: Vec<String>,
@@ -210,8 +211,31 @@ pub(crate) async fn external_emitter(state: &AppState, name: &str) -> Result<Vec
     }
 }
 
+/// Every registered agent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentList {
+    agents: Vec<AgentView>,
+}
+
 /// `PUT /v1/agents/{name}`: registers (or re-registers) an external agent. 201 on the first
 /// registration, 200 after (`agent.registered.v1` is appended only when the manifest changed).
+#[utoipa::path(
+    put,
+    path = "/v1/agents/{name}",
+    tag = "agents",
+    operation_id = "register_agent",
+    params(("name" = String, Path, description = "The agent's name: 1-63 of a-z, 0-9, '-', '_'")),
+    request_body(content = ManifestBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered for the first time", body = AgentView),
+        (status = 200, description = "Registered again (a new event only if the manifest changed)", body = AgentView),
+        (status = 400, description = "A bad name or manifest (`invalid_manifest`)", body = ApiError),
+        (status = 403, description = "Not an admin token of every workspace", body = ApiError),
+        (status = 409, description = "A built-in agent's name (`builtin_agent`)", body = ApiError),
+        (status = 422, description = "A type not in the catalog (`unknown_type`) or written by Switchyard itself (`reserved_type`)", body = ApiError),
+        (status = 503, description = "JetStream cannot create the consumers now; try again", body = ApiError),
+    )
+)]
 pub(crate) async fn register(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -368,6 +392,17 @@ async fn ensure_consumers(state: &AppState, manifest: &Manifest) -> Result<(), A
 }
 
 /// `GET /v1/agents/{name}`: an agent's registration and the consumers it pulls from.
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{name}",
+    tag = "agents",
+    operation_id = "show_agent",
+    params(("name" = String, Path, description = "The agent's name")),
+    responses(
+        (status = 200, description = "Its last registration and consumers", body = AgentView),
+        (status = 404, description = "No such agent", body = ApiError),
+    )
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -388,6 +423,16 @@ pub(crate) async fn show(
 }
 
 /// `GET /v1/agents`: every registered agent, built-in and external, by name.
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    tag = "agents",
+    operation_id = "list_agents",
+    responses(
+        (status = 200, description = "Every registered agent, built-in and external, by name", body = AgentList),
+        (status = 403, description = "A token of one workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -409,5 +454,5 @@ pub(crate) async fn list(
             agents.push(AgentView::of(&event, state.agent_bus.as_deref()));
         }
     }
-    Ok(Json(serde_json::json!({ "agents": agents })).into_response())
+    Ok(Json(AgentList { agents }).into_response())
 }

@@ -37,7 +37,30 @@ async fn contracts(state: &AppState, workspace: &Workspace) -> Result<Contracts,
         .map_err(|e| ApiError::internal(&e))
 }
 
-/// `GET /v1/workspaces/{ws}/artifacts`
+/// The artifacts of a workspace.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ArtifactList {
+    #[serde(serialize_with = "crate::sorted_keys")]
+    #[schema(value_type = Vec<crate::openapi::ArtifactSummary>)]
+    artifacts: Vec<registry::Summary>,
+}
+
+/// Lists artifacts
+///
+/// The declared ones (the server's contracts with the workspace's overrides) and any other
+/// that has versions: latest version, readers, staleness. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/artifacts",
+    tag = "artifacts",
+    operation_id = "list_artifacts",
+    params(("ws" = String, Path, description = "The workspace")),
+    responses(
+        (status = 200, description = "The artifacts", body = ArtifactList),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -55,10 +78,56 @@ pub(crate) async fn list(
     )
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "artifacts": artifacts })).into_response())
+    Ok(Json(ArtifactList { artifacts }).into_response())
 }
 
-/// `GET /v1/workspaces/{ws}/artifacts/{name}`: its versions and who read which.
+/// One read of an artifact.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ArtifactRead {
+    /// The consumer.
+    consumer: String,
+    /// The `artifact.consumed.v1` event.
+    event_id: String,
+    /// When.
+    read_at: DateTime<Utc>,
+    /// The version read.
+    version: i64,
+}
+
+/// An artifact with every version and every read.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ArtifactDetail {
+    #[serde(serialize_with = "crate::sorted_keys")]
+    #[schema(value_type = crate::openapi::ArtifactSummary)]
+    artifact: registry::Summary,
+    /// Newest first.
+    reads: Vec<ArtifactRead>,
+    /// Newest first.
+    #[serde(serialize_with = "crate::sorted_keys")]
+    #[schema(value_type = Vec<crate::openapi::ArtifactVersion>)]
+    versions: Vec<registry::VersionRow>,
+}
+
+/// An artifact, its versions, and who read which
+///
+/// Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/artifacts/{name}",
+    tag = "artifacts",
+    operation_id = "get_artifact",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("name" = String, Path, description = "The artifact, e.g. `milestones.md`"),
+    ),
+    responses(
+        (status = 200, description = "The artifact", body = ArtifactDetail),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace or artifact", body = ApiError),
+    )
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -78,25 +147,58 @@ pub(crate) async fn show(
     let versions = registry::versions(pool, workspace.as_str(), &name)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let reads: Vec<Value> = registry::reads(pool, workspace.as_str(), &name)
+    let reads: Vec<ArtifactRead> = registry::reads(pool, workspace.as_str(), &name)
         .await
         .map_err(|e| ApiError::internal(&e))?
         .into_iter()
-        .map(|(consumer, version, read_at, event_id)| {
-            json!({"consumer": consumer, "version": version, "read_at": read_at, "event_id": event_id})
+        .map(|(consumer, version, read_at, event_id)| ArtifactRead {
+            consumer,
+            event_id,
+            read_at,
+            version,
         })
         .collect();
-    Ok(Json(json!({"artifact": summary, "versions": versions, "reads": reads})).into_response())
+    Ok(Json(ArtifactDetail {
+        artifact: summary,
+        reads,
+        versions,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of the content.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ContentQuery {
+    /// The version (from 1); the latest when absent.
+    #[param(minimum = 1)]
     version: Option<i64>,
 }
 
-/// `GET /v1/workspaces/{ws}/artifacts/{name}/content?version=`: the text (latest by default);
-/// `ETag` is the content hash, `X-Switchyard-Artifact-Version` the version.
+/// An artifact's content
+///
+/// The text of one version (the latest by default). Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/artifacts/{name}/content",
+    tag = "artifacts",
+    operation_id = "get_artifact_content",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("name" = String, Path, description = "The artifact"),
+        ContentQuery,
+    ),
+    responses(
+        (status = 200, description = "The content", body = String, content_type = "text/markdown; charset=utf-8", headers(
+            ("ETag" = String, description = "The content hash, quoted"),
+            ("X-Switchyard-Artifact-Version" = i64, description = "The version"),
+        )),
+        (status = 400, description = "A version below 1, or an unknown query parameter", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace, artifact or version, or a version published without its content", body = ApiError),
+    )
+)]
 pub(crate) async fn content(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -141,24 +243,55 @@ pub(crate) async fn content(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The period a retrospective looks at.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Window {
+    /// Required with `to`.
     from: Option<DateTime<Utc>>,
+    /// Now when absent.
     to: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of a manual retrospective (optional).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StartRetrospective {
     /// Its id (a UUIDv7 when absent).
     retrospective_id: Option<String>,
+    /// The period; the retrospective agent's default when absent.
     window: Option<Window>,
 }
 
-/// `POST /v1/workspaces/{ws}/retrospectives` (scope `propose`): a `retrospective.trigger.v1`
-/// with reason `manual`; 202 with the retrospective's id. The body is optional:
-/// `{"retrospective_id": "…", "window": {"from": "…", "to": "…"}}`.
+/// A retrospective just asked for.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RetrospectiveStarted {
+    /// Its id.
+    #[schema(value_type = String)]
+    retrospective_id: Value,
+    /// The global sequence of its `retrospective.trigger.v1`.
+    sequence: Option<i64>,
+}
+
+/// Starts a retrospective
+///
+/// Appends `retrospective.trigger.v1` with reason `manual`; 202 with the retrospective's id:
+/// the retrospective agent does the work. The body is optional. Scope `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/retrospectives",
+    tag = "retrospectives",
+    operation_id = "start_retrospective",
+    params(("ws" = String, Path, description = "The workspace")),
+    request_body(content = Option<StartRetrospective>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Asked; the retrospective agent runs it", body = RetrospectiveStarted),
+        (status = 400, description = "Not a valid body, an invalid id, or a window that ends before it starts", body = ApiError),
+        (status = 403, description = "Scope below `propose`", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn start(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -192,7 +325,10 @@ pub(crate) async fn start(
     })?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"retrospective_id": id, "sequence": appended.first().map(|a| a.position)})),
+        Json(RetrospectiveStarted {
+            retrospective_id: id,
+            sequence: appended.first().map(|a| a.position),
+        }),
     )
         .into_response())
 }
@@ -235,14 +371,38 @@ pub fn trigger(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of the list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Page size (`api.default_page` when absent, at most `api.max_page`).
     limit: Option<u32>,
 }
 
-/// `GET /v1/workspaces/{ws}/retrospectives`: newest first, each with its action items and
-/// where they stand.
+/// The retrospectives of a workspace.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RetrospectiveList {
+    #[schema(value_type = Vec<crate::openapi::Retrospective>)]
+    retrospectives: Vec<Value>,
+}
+
+/// Lists retrospectives
+///
+/// Newest first, each with its action items and where they stand. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/retrospectives",
+    tag = "retrospectives",
+    operation_id = "list_retrospectives",
+    params(("ws" = String, Path, description = "The workspace"), ListQuery),
+    responses(
+        (status = 200, description = "The retrospectives", body = RetrospectiveList),
+        (status = 400, description = "A malformed query", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn retrospectives(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -273,19 +433,49 @@ pub(crate) async fn retrospectives(
     .fetch_all(state.store.pool())
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "retrospectives": rows })).into_response())
+    Ok(Json(RetrospectiveList {
+        retrospectives: rows,
+    })
+    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of the metrics.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct MetricsQuery {
+    /// Only this agent's.
     agent: Option<String>,
+    /// Periods that end at or after this time.
     from: Option<DateTime<Utc>>,
+    /// Periods that end at or before this time.
     to: Option<DateTime<Utc>>,
 }
 
-/// `GET /v1/workspaces/{ws}/metrics?agent=&from=&to=`: per retrospective whose period ends
-/// in `[from, to]`, oldest first, each agent's metrics.
+/// Agents' metrics over time.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MetricsList {
+    #[schema(value_type = Vec<crate::openapi::AgentMetrics>)]
+    metrics: Vec<Value>,
+}
+
+/// Agents' metrics over time
+///
+/// Per retrospective whose period ends in `[from, to]`, oldest first, each agent's metrics.
+/// Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/metrics",
+    tag = "retrospectives",
+    operation_id = "list_metrics",
+    params(("ws" = String, Path, description = "The workspace"), MetricsQuery),
+    responses(
+        (status = 200, description = "The metrics", body = MetricsList),
+        (status = 400, description = "A malformed query", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn metrics(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -314,5 +504,5 @@ pub(crate) async fn metrics(
     .fetch_all(state.store.pool())
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "metrics": rows })).into_response())
+    Ok(Json(MetricsList { metrics: rows }).into_response())
 }

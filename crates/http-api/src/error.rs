@@ -11,7 +11,10 @@ use switchyard_events::{DataError, InvalidEvent, InvalidId};
 use switchyard_store::Error as StoreError;
 
 /// An error answered to a client. 5xx answers hide their cause, which is logged instead.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(
+    example = json!({"code": "schema_violation", "message": "data does not match the schema of workspace.created.v1: …", "pointer": "/data/name"})
+)]
 pub struct ApiError {
     #[serde(skip)]
     status: StatusCode,
@@ -24,6 +27,7 @@ pub struct ApiError {
     pointer: Option<String>,
     /// Every problem, when there are several (each with its own code, pointer and message).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::openapi::ErrorDetail>>)]
     details: Option<serde_json::Value>,
     /// Seconds to wait before trying again (`Retry-After`).
     #[serde(skip)]

@@ -24,13 +24,36 @@ const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
 
 /// What the store did with one posted event.
-#[derive(Debug, Serialize)]
-struct AppendedView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AppendedView {
+    /// The event's id.
     id: String,
+    /// Its stream.
     subject: String,
+    /// Its global sequence.
     sequence: i64,
+    /// Its version in its stream.
     stream_version: u64,
+    /// Whether it was stored before (same source and id): then nothing was appended.
     duplicate: bool,
+}
+
+/// What the store did with what was posted: one event's outcome, or a batch's.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // describes the two answers; each is built as itself
+pub(crate) enum AppendedOutcome {
+    /// Structured or binary mode.
+    One(AppendedView),
+    /// Batch mode.
+    Batch(AppendedBatch),
+}
+
+/// What the store did with a posted batch, in the batch's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AppendedBatch {
+    #[serde(serialize_with = "crate::sorted_keys")]
+    events: Vec<AppendedView>,
 }
 
 impl From<Appended> for AppendedView {
@@ -81,7 +104,37 @@ pub(crate) fn owned_elsewhere(ty: &str) -> Option<&'static str> {
     })
 }
 
-/// `POST /v1/workspaces/{ws}/events`
+/// Posts events
+///
+/// The CloudEvents HTTP binding: structured mode (`application/cloudevents+json`), batch mode
+/// (`application/cloudevents-batch+json`, all or nothing), or binary mode (`ce-*` headers and
+/// the data as a JSON body). `data` must match the schema of `type`; types that Switchyard
+/// writes itself are refused. 201 once committed; 200 when every event was a duplicate.
+/// Scope `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/events",
+    tag = "events",
+    operation_id = "post_events",
+    params(("ws" = String, Path, description = "The workspace")),
+    request_body(content(
+        (crate::openapi::CloudEvent = "application/cloudevents+json"),
+        (Vec<crate::openapi::CloudEvent> = "application/cloudevents-batch+json"),
+        (Object = "application/json"),
+    ), description = "One event, a batch, or (binary mode, with `ce-specversion`, `ce-id`, `ce-source`, `ce-type`… headers) the data of one"),
+    responses(
+        (status = 201, description = "Appended: one event's outcome (structured or binary mode), or a batch's", body = AppendedOutcome),
+        (status = 200, description = "Every event was a duplicate; nothing appended", body = AppendedOutcome),
+        (status = 400, description = "Not JSON, a malformed CloudEvent (`invalid_event`), an unknown type (`unknown_event_type`)", body = ApiError),
+        (status = 403, description = "Scope below `propose`, or a type Switchyard writes itself (`reserved_type`)", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+        (status = 409, description = "The stream is not at `expectedversion`", body = ApiError),
+        (status = 413, description = "Body over `api.max_event_body_bytes`, or batch over `api.max_batch_events`", body = ApiError),
+        (status = 415, description = "Neither structured, batch nor binary mode", body = ApiError),
+        (status = 422, description = "`data` does not match its schema (`schema_violation`)", body = ApiError),
+        (status = 503, description = "The store is unavailable (`Retry-After`)", body = ApiError),
+    )
+)]
 pub(crate) async fn post_events(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -198,7 +251,7 @@ pub(crate) async fn post_events(
     };
     let views: Vec<AppendedView> = appended.into_iter().map(AppendedView::from).collect();
     Ok(if batch {
-        (status, Json(serde_json::json!({ "events": views }))).into_response()
+        (status, Json(AppendedBatch { events: views })).into_response()
     } else {
         let view = views.into_iter().next();
         (status, Json(view)).into_response()
@@ -246,15 +299,45 @@ fn parse_binary(
 }
 
 /// Query of `GET /v1/workspaces/{ws}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// Events after this cursor (`next` of the previous page); from the start when absent.
     after: Option<String>,
+    /// Only events of this type.
     #[serde(rename = "type")]
     ty: Option<String>,
+    /// Page size (`api.default_page` when absent, at most `api.max_page`).
     limit: Option<u32>,
 }
 
-/// `GET /v1/workspaces/{ws}/events?after=CURSOR&type=T&limit=N`
+/// A page of the event log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct EventPage {
+    /// The events, in global order.
+    #[serde(serialize_with = "crate::sorted_keys")]
+    #[schema(value_type = Vec<crate::openapi::CloudEvent>)]
+    events: Vec<switchyard_events::cloudevents::Event>,
+    /// The cursor of the next page (`after`).
+    next: String,
+}
+
+/// Reads the event log
+///
+/// A workspace's events in global order, as CloudEvents, a page at a time. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/events",
+    tag = "events",
+    operation_id = "list_events",
+    params(("ws" = String, Path, description = "The workspace"), EventsQuery),
+    responses(
+        (status = 200, description = "A page", body = EventPage),
+        (status = 400, description = "A malformed cursor, type or limit", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn list_events(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -288,9 +371,9 @@ pub(crate) async fn list_events(
         .await
         .map_err(|e| ApiError::from_store(e, false))?;
     let events: Vec<_> = page.events.iter().map(|e| e.to_cloudevent()).collect();
-    Ok(Json(serde_json::json!({
-        "events": events,
-        "next": page.next.to_string(),
-    }))
+    Ok(Json(EventPage {
+        events,
+        next: page.next.to_string(),
+    })
     .into_response())
 }

@@ -19,7 +19,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgConnection;
 use switchyard_events::{EventId, EventType, NewEvent, Source, StreamId, Workspace};
 use switchyard_github::{
@@ -66,17 +66,60 @@ fn checked_header<'h>(
 }
 
 /// What the delivery's row says.
-#[derive(Debug, Serialize)]
-struct Recorded {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookDelivery {
+    /// `X-GitHub-Delivery`.
     delivery: String,
+    /// `processed` (events appended), `ignored` (see `reason`) or `ping`.
+    #[schema(pattern = "^(processed|ignored|ping)$")]
     outcome: &'static str,
+    /// Why it was ignored.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// The workspaces bound to the repository, which got the events.
     workspaces: Vec<String>,
+    /// The global sequences of the events appended.
     sequences: Vec<i64>,
 }
 
-/// `POST /v1/github/webhook`
+/// The answer to a delivery.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookAnswer {
+    /// What was recorded for it (the first time, for a redelivery).
+    #[serde(serialize_with = "crate::sorted_keys")]
+    delivery: WebhookDelivery,
+    /// Whether this delivery id was seen before (then nothing was appended).
+    duplicate: bool,
+}
+
+/// Receives a GitHub webhook delivery
+///
+/// No token: the `X-Hub-Signature-256` signature (HMAC-SHA256 of the body with the webhook
+/// secret) authenticates it. Mapped to `github.*.v1` events in every workspace bound to the
+/// repository; the delivery id is recorded in the same transaction, so a redelivery appends
+/// nothing. 200 for a ping or a redelivery, 202 for a new delivery.
+#[utoipa::path(
+    post,
+    path = "/v1/github/webhook",
+    tag = "github",
+    operation_id = "github_webhook",
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the HMAC-SHA256 of the body, in hex"),
+        ("X-GitHub-Event" = String, Header, description = "The event name, e.g. `pull_request`"),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's id"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "GitHub's payload, up to 25 MB"),
+    responses(
+        (status = 200, description = "A ping, or a redelivery of a recorded delivery", body = WebhookAnswer),
+        (status = 202, description = "Recorded", body = WebhookAnswer),
+        (status = 400, description = "A missing or malformed event or delivery header, or a body that is not JSON", body = ApiError),
+        (status = 401, description = "The signature is missing, malformed or wrong", body = ApiError),
+        (status = 404, description = "Webhooks are off: no secret configured (`webhooks_disabled`)", body = ApiError),
+        (status = 413, description = "The body is larger than 25 MB", body = ApiError),
+        (status = 503, description = "The store is unavailable (`Retry-After`); GitHub shows the delivery failed", body = ApiError),
+    )
+)]
 #[tracing::instrument(name = "github.webhook", skip_all, fields(github.event, github.delivery))]
 pub(crate) async fn webhook(
     State(state): State<AppState>,
@@ -144,7 +187,10 @@ pub(crate) async fn webhook(
             switchyard_telemetry::metrics().webhook("duplicate");
             (
                 StatusCode::OK,
-                json!({"duplicate": true, "delivery": original}),
+                WebhookAnswer {
+                    delivery: original,
+                    duplicate: true,
+                },
             )
         }
         Record::New(recorded) => {
@@ -155,15 +201,21 @@ pub(crate) async fn webhook(
             } else {
                 StatusCode::ACCEPTED
             };
-            (status, json!({"duplicate": false, "delivery": recorded}))
+            (
+                status,
+                WebhookAnswer {
+                    delivery: recorded,
+                    duplicate: false,
+                },
+            )
         }
     };
     Ok((status, Json(body)).into_response())
 }
 
 enum Record {
-    New(Recorded),
-    Duplicate(Recorded),
+    New(WebhookDelivery),
+    Duplicate(WebhookDelivery),
 }
 
 /// The workspaces bound to a GitHub repository.
@@ -223,7 +275,7 @@ async fn record(
     .await?;
     if !inserted {
         tx.commit().await?;
-        return Ok(Record::Duplicate(Recorded {
+        return Ok(Record::Duplicate(WebhookDelivery {
             delivery: delivery.to_owned(),
             outcome: match outcome.as_str() {
                 "processed" => "processed",
@@ -237,7 +289,7 @@ async fn record(
     }
     let _ = (outcome, reason, workspaces, positions);
 
-    let mut recorded = Recorded {
+    let mut recorded = WebhookDelivery {
         delivery: delivery.to_owned(),
         outcome: "ignored",
         reason: None,
@@ -333,7 +385,7 @@ fn build(
 }
 
 /// What a catch-up did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct CatchUpReport {
     /// Repositories of GitHub workspaces looked at.
     pub repositories: usize,
@@ -417,7 +469,22 @@ pub async fn catch_up(
     Ok(report)
 }
 
-/// `POST /v1/github/catch-up` (admin): the catch-up, now.
+/// Catches up on missed deliveries
+///
+/// Asks GitHub for the last 72 hours of deliveries of the hooks that point at this server, on
+/// the repositories of GitHub workspaces, and redelivers those that never reached it. Admin
+/// scope, every workspace.
+#[utoipa::path(
+    post,
+    path = "/v1/github/catch-up",
+    tag = "github",
+    operation_id = "github_catch_up",
+    responses(
+        (status = 200, description = "Done; `errors` lists what failed, the rest went on", body = CatchUpReport),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 409, description = "This server has no GitHub token (`github_not_configured`)", body = ApiError),
+    )
+)]
 pub(crate) async fn catch_up_route(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -1,7 +1,10 @@
 //! The HTTP API: `/v1` routes for workspaces and the CloudEvents HTTP binding, the schema
 //! catalog, and health. Handlers are thin: parse at the edge, call the store, map the result.
 //!
-//! Invariants it owns: every `/v1` route needs a live bearer token; a request is answered 2xx
+//! Every route is described in OpenAPI 3.1 from its handler's `#[utoipa::path]` ([`openapi`],
+//! served at `GET /openapi.json`): the router is built from the same description.
+//!
+//! Invariants it owns: every `/v1` route but the GitHub webhook needs a live bearer token; a request is answered 2xx
 //! only after its events are committed; every error has the shape
 //! `{"code", "message", "pointer"?}` and appends nothing.
 
@@ -12,6 +15,7 @@ mod error;
 mod events;
 mod github;
 mod messages;
+mod openapi;
 mod ops;
 mod plans;
 mod proposals;
@@ -33,9 +37,8 @@ use axum::{
     http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post, put},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchyard_events::{RecordedEvent, StreamId, Workspace};
 use switchyard_store::EventStore;
@@ -47,6 +50,7 @@ pub use auth::{
 };
 pub use error::ApiError;
 pub use github::{CatchUpReport, MAX_WEBHOOK_BODY, WEBHOOK_PATH, catch_up};
+pub use openapi::openapi;
 pub use ops::{Ops, OpsError};
 pub use serve::{ServeLimits, serve};
 pub use tokens::{
@@ -100,6 +104,18 @@ impl Default for ApiConfig {
             auth_failure_burst: 20,
         }
     }
+}
+
+/// Serializes `value` the way `serde_json::json!` embeds it: through a [`serde_json::Value`],
+/// whose object keys are sorted. Answers that were once built with `json!` and are typed now
+/// keep their exact bytes (`#[serde(serialize_with = "crate::sorted_keys")]`).
+pub(crate) fn sorted_keys<T: Serialize, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(value)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(serializer)
 }
 
 /// What every handler shares.
@@ -266,74 +282,17 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. The routes come from [`openapi::routes`], which describes them too.
 pub fn router(state: AppState) -> Router {
     let config = Arc::clone(&state.config);
-    let events = Router::new()
-        .route(
-            "/v1/workspaces/{ws}/events",
-            post(events::post_events).get(events::list_events),
-        )
-        .layer(DefaultBodyLimit::max(config.max_event_body_bytes));
-    let v1 = Router::new()
-        .route("/v1/workspaces", post(workspaces::create))
-        .route("/v1/workspaces/{ws}", get(workspaces::get))
-        .route(
-            "/v1/workspaces/{ws}/settings",
-            put(workspaces::put_settings),
-        )
-        .route("/v1/schemas", get(list_schemas))
-        .route("/v1/schemas/{ty}", get(get_schema))
-        .route(
-            "/v1/workspaces/{ws}/proposals",
-            post(proposals::create).get(proposals::list),
-        )
-        .route("/v1/workspaces/{ws}/proposals/{id}", get(proposals::show))
-        .route(
-            "/v1/workspaces/{ws}/proposals/{id}/approve",
-            post(proposals::approve),
-        )
-        .route(
-            "/v1/workspaces/{ws}/proposals/{id}/reject",
-            post(proposals::reject),
-        )
-        .route(
-            "/v1/workspaces/{ws}/plans",
-            post(plans::submit).get(plans::list),
-        )
-        .route("/v1/workspaces/{ws}/plans/{id}", get(plans::show))
-        .route("/v1/workspaces/{ws}/plans/{id}/cancel", post(plans::cancel))
-        .route(
-            "/v1/workspaces/{ws}/plans/{id}/tasks/{task}/resolve",
-            post(plans::resolve),
-        )
-        .route(
-            "/v1/workspaces/{ws}/messages",
-            post(messages::send).get(messages::list),
-        )
-        .route("/v1/workspaces/{ws}/agents/{agent}/run", post(run_agent))
-        .route("/v1/agents", get(agents::list))
-        .route("/v1/agents/{name}", put(agents::register).get(agents::show))
-        .route("/v1/workspaces/{ws}/artifacts", get(artifacts::list))
-        .route("/v1/workspaces/{ws}/artifacts/{name}", get(artifacts::show))
-        .route(
-            "/v1/workspaces/{ws}/artifacts/{name}/content",
-            get(artifacts::content),
-        )
-        .route(
-            "/v1/workspaces/{ws}/retrospectives",
-            post(artifacts::start).get(artifacts::retrospectives),
-        )
-        .route("/v1/workspaces/{ws}/metrics", get(artifacts::metrics))
-        .route("/v1/github/catch-up", post(github::catch_up_route))
-        .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
-        .route("/v1/ops/status", get(ops::status))
-        .route("/v1/ops/dead-letters", get(ops::dead_letters))
-        .route("/v1/ops/dead-letters/{id}/retry", post(ops::retry))
-        .route("/v1/ops/relay/pause", post(ops::pause_relay))
-        .route("/v1/ops/mode", get(ops::get_mode).put(ops::put_mode))
-        .route("/v1/ops/relay/resume", post(ops::resume_relay))
+    let openapi::Routes {
+        public,
+        webhook,
+        authenticated,
+        events,
+    } = openapi::routes();
+    let events = events.layer(DefaultBodyLimit::max(config.max_event_body_bytes));
+    let v1 = authenticated
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .merge(events)
         .route_layer(middleware::from_fn_with_state(
@@ -342,16 +301,11 @@ pub fn router(state: AppState) -> Router {
         ));
     // Authenticated by its signature, not a token; the body is read up to GitHub's limit, and
     // a larger declared length is refused before any of it is read.
-    let webhook = Router::new()
-        .route(github::WEBHOOK_PATH, post(github::webhook))
+    let webhook = webhook
         .layer(DefaultBodyLimit::max(github::MAX_WEBHOOK_BODY))
         .route_layer(middleware::from_fn(refuse_large_webhooks));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .merge(webhook)
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(ops::metrics))
-        .merge(v1)
+    let (routes, _described) = public.merge(webhook).merge(v1).split_for_parts();
+    routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -427,12 +381,52 @@ async fn refuse_large_webhooks(
     next.run(request).await
 }
 
-/// `GET /healthz`: the process is up.
-async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// `GET /healthz`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
-/// `GET /readyz`: PostgreSQL and NATS are reachable.
+/// The process is up
+///
+/// No token needed.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process is up", body = Health))
+)]
+async fn healthz() -> Response {
+    Json(Health { status: "ok" }).into_response()
+}
+
+/// `GET /readyz`'s answer: `ok`, or what is wrong, per dependency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ok`, or why NATS is not reachable.
+    #[schema(example = "ok")]
+    nats: String,
+    /// `ok`, or why PostgreSQL is not reachable.
+    #[schema(example = "ok")]
+    postgres: String,
+}
+
+/// PostgreSQL and NATS are reachable
+///
+/// No token needed. 503 names what is wrong.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "PostgreSQL and NATS are reachable", body = Readiness),
+        (status = 503, description = "PostgreSQL or NATS is not reachable", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let postgres = match tokio::time::timeout(
         Duration::from_secs(2),
@@ -462,30 +456,75 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     (
         status,
-        Json(json!({"postgres": show(&postgres), "nats": show(&nats)})),
+        Json(Readiness {
+            nats: show(&nats),
+            postgres: show(&postgres),
+        }),
     )
         .into_response()
 }
 
-/// `GET /v1/schemas`: the catalog.
+/// The schema catalog.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SchemaList {
+    schemas: Vec<SchemaInfo>,
+}
+
+/// One event type of the catalog.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SchemaInfo {
+    /// Shipped with Switchyard (else loaded from the configured directory).
+    builtin: bool,
+    /// `urn:switchyard:event:<type>`, the `dataschema` of its events.
+    dataschema: String,
+    /// The schema's `description`.
+    description: Option<String>,
+    /// The event type.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "workspace.created.v1")]
+    ty: switchyard_events::EventType,
+}
+
+/// The schema catalog
+///
+/// Every event type the server accepts, with where its JSON Schema is.
+#[utoipa::path(
+    get,
+    path = "/v1/schemas",
+    tag = "events",
+    operation_id = "list_schemas",
+    responses((status = 200, description = "The catalog", body = SchemaList))
+)]
 async fn list_schemas(State(state): State<AppState>) -> Response {
     let schemas: Vec<_> = state
         .store
         .catalog()
         .iter()
-        .map(|s| {
-            json!({
-                "type": s.event_type(),
-                "description": s.description(),
-                "builtin": matches!(s.origin(), switchyard_events::Origin::Builtin),
-                "dataschema": switchyard_events::schema_uri(s.event_type()),
-            })
+        .map(|s| SchemaInfo {
+            builtin: matches!(s.origin(), switchyard_events::Origin::Builtin),
+            dataschema: switchyard_events::schema_uri(s.event_type()),
+            description: s.description().map(str::to_owned),
+            ty: s.event_type().clone(),
         })
         .collect();
-    Json(json!({ "schemas": schemas })).into_response()
+    Json(SchemaList { schemas }).into_response()
 }
 
-/// `GET /v1/schemas/{type}`: one JSON Schema.
+/// One event type's JSON Schema
+///
+/// The JSON Schema (draft 2020-12) that the `data` of events of this type must match.
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/{ty}",
+    tag = "events",
+    operation_id = "get_schema",
+    params(("ty" = String, Path, description = "An event type, e.g. `workspace.created.v1`")),
+    responses(
+        (status = 200, description = "The JSON Schema", body = Object, content_type = "application/json"),
+        (status = 404, description = "No such event type", body = ApiError),
+    )
+)]
 async fn get_schema(
     State(state): State<AppState>,
     Path(ty): Path<String>,
@@ -498,8 +537,35 @@ async fn get_schema(
     Ok(Json(schema.document().clone()).into_response())
 }
 
-/// `POST /v1/workspaces/{ws}/agents/{agent}/run`: asks an agent to run now
-/// (`agent.run_requested.v1`). 202: the agent does the work asynchronously.
+/// An agent was asked to run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AgentRunRequested {
+    /// The agent.
+    agent: String,
+    /// The global sequence of the `agent.run_requested.v1`.
+    sequence: Option<i64>,
+}
+
+/// Asks an agent to run now
+///
+/// Appends `agent.run_requested.v1`; 202: the agent does the work asynchronously. Scope
+/// `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/agents/{agent}/run",
+    tag = "agents",
+    operation_id = "run_agent",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("agent" = String, Path, description = "The agent's name (`a-z`, `0-9`, `-`, `_`; up to 63)"),
+    ),
+    responses(
+        (status = 202, description = "Asked; the agent runs asynchronously", body = AgentRunRequested),
+        (status = 403, description = "The token's scope is below `propose`", body = ApiError),
+        (status = 404, description = "No such workspace, or no agent of that name", body = ApiError),
+        (status = 503, description = "The store is unavailable (`Retry-After`)", body = ApiError),
+    )
+)]
 async fn run_agent(
     State(state): State<AppState>,
     axum::Extension(principal): axum::Extension<Principal>,
@@ -531,7 +597,7 @@ async fn run_agent(
     let sequence = appended.first().map(|a| a.position);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"agent": agent, "sequence": sequence})),
+        Json(AgentRunRequested { agent, sequence }),
     )
         .into_response())
 }

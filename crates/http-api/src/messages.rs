@@ -17,21 +17,53 @@ use switchyard_events::{EventType, NewEvent, Source, StreamId};
 
 use crate::{ApiError, AppState, Principal, Scope, error::parse_json};
 
-#[derive(Debug, Deserialize)]
+/// A message to send.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SendBody {
+#[schema(example = json!({"to": "coach", "type": "note", "content": {"text": "the build is red"}}))]
+pub(crate) struct SendBody {
+    /// An agent's name, or `*` for every agent.
     to: String,
+    /// What kind of message (`note` when absent).
     #[serde(rename = "type", default = "note")]
+    #[schema(default = "note")]
     kind: String,
+    /// The message itself: any JSON.
     content: Value,
+    /// The message this one answers.
     reply_to: Option<String>,
+}
+
+/// A message just sent.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageSent {
+    /// Its id (a UUIDv7).
+    message_id: String,
 }
 
 fn note() -> String {
     "note".into()
 }
 
-/// `POST /v1/workspaces/{ws}/messages`: 201 once `agent.message.sent.v1` is committed.
+/// Sends a message
+///
+/// As `user:<token name>`; 201 once `agent.message.sent.v1` is committed. Scope `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/messages",
+    tag = "messages",
+    operation_id = "send_message",
+    params(("ws" = String, Path, description = "The workspace")),
+    request_body(content = SendBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Sent", body = MessageSent),
+        (status = 400, description = "Not JSON", body = ApiError),
+        (status = 403, description = "Scope below `propose`", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", body = ApiError),
+        (status = 422, description = "Not a valid message (`invalid_message`, `schema_violation`)", body = ApiError),
+    )
+)]
 pub(crate) async fn send(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -68,18 +100,29 @@ pub(crate) async fn send(
         error.strip_pointer_prefix("/data");
         error
     })?;
-    Ok((StatusCode::CREATED, Json(json!({"message_id": message_id}))).into_response())
+    Ok((StatusCode::CREATED, Json(MessageSent { message_id })).into_response())
 }
 
 /// Query of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only messages to this recipient.
     recipient: Option<String>,
+    /// Page size (`api.default_page` when absent, at most `api.max_page`).
     limit: Option<u32>,
 }
 
-#[derive(Debug, serde::Serialize, sqlx::FromRow)]
-struct Row {
+/// The list of messages.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageList {
+    #[serde(serialize_with = "crate::sorted_keys")]
+    messages: Vec<MessageRow>,
+}
+
+/// A message, with who acknowledged it (the `agent_state` projection).
+#[derive(Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub(crate) struct MessageRow {
     message_id: String,
     sender: String,
     recipient: String,
@@ -91,7 +134,22 @@ struct Row {
     acknowledged_by: Vec<String>,
 }
 
-/// `GET /v1/workspaces/{ws}/messages?recipient=`: newest first.
+/// Lists messages
+///
+/// Newest first, each with the agents that acknowledged it. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/messages",
+    tag = "messages",
+    operation_id = "list_messages",
+    params(("ws" = String, Path, description = "The workspace"), ListQuery),
+    responses(
+        (status = 200, description = "The messages", body = MessageList),
+        (status = 400, description = "A malformed query", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -103,7 +161,7 @@ pub(crate) async fn list(
         .await?;
     let Query(query) = query?;
     let limit = state.config.page(query.limit);
-    let messages: Vec<Row> = sqlx::query_as(
+    let messages: Vec<MessageRow> = sqlx::query_as(
         "SELECT m.message_id, m.sender, m.recipient, m.kind, m.content, m.reply_to, m.sent_at,
                 coalesce(array_agg(a.agent ORDER BY a.agent) FILTER (WHERE a.agent IS NOT NULL), '{}') AS acknowledged_by
          FROM proj_agent_state.messages m
@@ -119,5 +177,5 @@ pub(crate) async fn list(
     .fetch_all(state.store.pool())
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "messages": messages })).into_response())
+    Ok(Json(MessageList { messages }).into_response())
 }

@@ -61,7 +61,20 @@ fn ops(state: &AppState, principal: &Principal) -> Result<Arc<dyn Ops>, ApiError
         .ok_or_else(|| ApiError::not_found("ops are not available in this process"))
 }
 
-/// `GET /v1/ops/status`
+/// Where the machinery stands
+///
+/// Store head, relay position and lag, consumers, projections. Admin scope, every workspace.
+#[utoipa::path(
+    get,
+    path = "/v1/ops/status",
+    tag = "ops",
+    operation_id = "ops_status",
+    responses(
+        (status = 200, description = "The status", body = crate::openapi::OpsStatus),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Ops are not available in this process", body = ApiError),
+    )
+)]
 pub(crate) async fn status(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -69,7 +82,20 @@ pub(crate) async fn status(
     Ok(Json(ops(&state, &principal)?.status().await?).into_response())
 }
 
-/// `GET /v1/ops/dead-letters`
+/// The dead-letter list
+///
+/// Events that an agent failed to handle `max_deliver` times. Admin scope, every workspace.
+#[utoipa::path(
+    get,
+    path = "/v1/ops/dead-letters",
+    tag = "ops",
+    operation_id = "list_dead_letters",
+    responses(
+        (status = 200, description = "The unresolved dead letters", body = crate::openapi::DeadLetters),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Ops are not available in this process", body = ApiError),
+    )
+)]
 pub(crate) async fn dead_letters(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -77,7 +103,22 @@ pub(crate) async fn dead_letters(
     Ok(Json(ops(&state, &principal)?.dead_letters().await?).into_response())
 }
 
-/// `POST /v1/ops/dead-letters/{id}/retry`
+/// Retries a dead letter
+///
+/// Runs the agent's handler on the event again, now. Admin scope, every workspace.
+#[utoipa::path(
+    post,
+    path = "/v1/ops/dead-letters/{id}/retry",
+    tag = "ops",
+    operation_id = "retry_dead_letter",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter")),
+    responses(
+        (status = 200, description = "Handled; the dead letter is resolved", body = Object),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Ops are not available, or no such unresolved dead letter", body = ApiError),
+        (status = 409, description = "The handler failed again (`retry_failed`)", body = ApiError),
+    )
+)]
 pub(crate) async fn retry(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -89,8 +130,21 @@ pub(crate) async fn retry(
     Ok(Json(ops.retry_dead_letter(id).await?).into_response())
 }
 
-/// `POST /v1/ops/relay/pause`: the active relay, whichever instance it is on, publishes
-/// nothing until resumed; events are still stored, and the relay lag grows.
+/// Pauses the relay
+///
+/// The active relay, whichever instance it is on, publishes nothing until resumed; events are
+/// still stored, and the relay lag grows. Admin scope, every workspace.
+#[utoipa::path(
+    post,
+    path = "/v1/ops/relay/pause",
+    tag = "ops",
+    operation_id = "pause_relay",
+    responses(
+        (status = 200, description = "Paused", body = crate::openapi::RelayPaused),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Ops are not available in this process", body = ApiError),
+    )
+)]
 pub(crate) async fn pause_relay(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -99,7 +153,20 @@ pub(crate) async fn pause_relay(
     Ok(Json(ops.pause_relay(Some(&principal.name)).await?).into_response())
 }
 
-/// `POST /v1/ops/relay/resume`
+/// Resumes the relay
+///
+/// Admin scope, every workspace.
+#[utoipa::path(
+    post,
+    path = "/v1/ops/relay/resume",
+    tag = "ops",
+    operation_id = "resume_relay",
+    responses(
+        (status = 200, description = "Resumed", body = crate::openapi::RelayPaused),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Ops are not available in this process", body = ApiError),
+    )
+)]
 pub(crate) async fn resume_relay(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -108,7 +175,18 @@ pub(crate) async fn resume_relay(
     Ok(Json(ops.pause_relay(None).await?).into_response())
 }
 
-/// `GET /metrics`: Prometheus (OpenMetrics) text; no token, and no workspace in any label.
+/// Prometheus metrics
+///
+/// OpenMetrics text; no token needed, and no workspace in any label.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    )
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let snapshot = match &state.ops {
         Some(ops) => match ops.snapshot().await {
@@ -148,7 +226,20 @@ fn modes(
         .ok_or_else(|| ApiError::not_found("modes are not available in this process"))
 }
 
-/// `GET /v1/ops/mode`: `shipping` or `debug`, until when, and why.
+/// The observability mode
+///
+/// `shipping` or `debug`, until when, and why. Admin scope, every workspace.
+#[utoipa::path(
+    get,
+    path = "/v1/ops/mode",
+    tag = "ops",
+    operation_id = "get_mode",
+    responses(
+        (status = 200, description = "The mode", body = crate::openapi::ModeState),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Modes are not available in this process", body = ApiError),
+    )
+)]
 pub(crate) async fn get_mode(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -156,16 +247,35 @@ pub(crate) async fn get_mode(
     Ok(Json(modes(&state, &principal)?.current()).into_response())
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// Body of `PUT /v1/ops/mode`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ModeBody {
+#[schema(example = json!({"mode": "debug", "for_secs": 600}))]
+pub(crate) struct ModeBody {
+    /// The mode to switch to.
+    #[schema(value_type = crate::openapi::Mode)]
     mode: switchyard_telemetry::Mode,
-    /// A window after which the mode goes back to `shipping`.
+    /// A window after which the mode goes back to `shipping`, in seconds (clamped to 1 to
+    /// 86 400).
     for_secs: Option<u64>,
 }
 
-/// `PUT /v1/ops/mode` `{"mode": "debug"|"shipping", "for_secs"?}`: switches this instance
-/// without a restart.
+/// Switches the observability mode
+///
+/// On this instance, without a restart. Admin scope, every workspace.
+#[utoipa::path(
+    put,
+    path = "/v1/ops/mode",
+    tag = "ops",
+    operation_id = "put_mode",
+    request_body(content = ModeBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Switched", body = crate::openapi::ModeState),
+        (status = 400, description = "Not JSON, or not a mode", body = ApiError),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 404, description = "Modes are not available in this process", body = ApiError),
+    )
+)]
 pub(crate) async fn put_mode(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -39,9 +39,41 @@ fn event(
     ))
 }
 
-/// `POST /v1/workspaces/{ws}/plans`: 201 with the plan's id once `plan.submitted.v1` is
-/// committed; 422 naming every problem (unknown dependency, duplicate id, unknown role, a
-/// cycle) and nothing appended.
+/// A plan just submitted.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PlanSubmitted {
+    /// The plan's id.
+    id: String,
+    /// Always `running`.
+    #[schema(example = "running")]
+    status: &'static str,
+    /// How many tasks it has.
+    tasks: usize,
+}
+
+/// Submits a plan
+///
+/// 201 with the plan's id once `plan.submitted.v1` is committed; 422 naming every problem
+/// (unknown dependency, duplicate id, unknown role, a cycle: `details` lists them all) and
+/// nothing appended. Scope `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/plans",
+    tag = "plans",
+    operation_id = "submit_plan",
+    params(("ws" = String, Path, description = "The workspace")),
+    request_body(content = crate::openapi::PlanSpec, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Submitted; the orchestrator runs it", body = PlanSubmitted),
+        (status = 400, description = "Not JSON", body = ApiError),
+        (status = 403, description = "Scope below `propose`", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+        (status = 409, description = "A plan with this id exists (`plan_exists`)", body = ApiError),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", body = ApiError),
+        (status = 422, description = "Not a valid plan; `details` lists every problem", body = ApiError),
+    )
+)]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -98,7 +130,11 @@ pub(crate) async fn submit(
     match state.store.append(vec![submitted]).await {
         Ok(_) => Ok((
             StatusCode::CREATED,
-            Json(json!({"id": id, "status": "running", "tasks": spec.tasks.len()})),
+            Json(PlanSubmitted {
+                id,
+                status: "running",
+                tasks: spec.tasks.len(),
+            }),
         )
             .into_response()),
         Err(StoreError::Conflict { .. }) => Err(ApiError::new(
@@ -116,14 +152,24 @@ pub(crate) async fn submit(
 }
 
 /// Query of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only plans in this state: `running`, `succeeded`, `aborted` or `cancelled`.
     status: Option<String>,
+    /// Page size (`api.default_page` when absent, at most `api.max_page`).
     limit: Option<u32>,
 }
 
+/// The list of plans.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PlanList {
+    #[serde(serialize_with = "crate::sorted_keys")]
+    plans: Vec<PlanRow>,
+}
+
 /// A row of the list (the `workflows` projection).
-#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct PlanRow {
     id: String,
     title: String,
@@ -137,7 +183,22 @@ pub(crate) struct PlanRow {
     escalated: i32,
 }
 
-/// `GET /v1/workspaces/{ws}/plans?status=running`: newest first.
+/// Lists plans
+///
+/// Newest first (the `workflows` projection). Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/plans",
+    tag = "plans",
+    operation_id = "list_plans",
+    params(("ws" = String, Path, description = "The workspace"), ListQuery),
+    responses(
+        (status = 200, description = "The plans", body = PlanList),
+        (status = 400, description = "An unknown status, or a malformed limit", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -168,7 +229,7 @@ pub(crate) async fn list(
     .fetch_all(state.store.pool())
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "plans": plans })).into_response())
+    Ok(Json(PlanList { plans }).into_response())
 }
 
 async fn plan(state: &AppState, workspace: &Workspace, id: &str) -> Result<PlanState, ApiError> {
@@ -188,7 +249,24 @@ async fn plan(state: &AppState, workspace: &Workspace, id: &str) -> Result<PlanS
         .ok_or_else(missing)
 }
 
-/// `GET /v1/workspaces/{ws}/plans/{id}`: folded from its stream, never behind.
+/// A plan, with every task's state
+///
+/// Folded from its stream, never behind. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/plans/{id}",
+    tag = "plans",
+    operation_id = "get_plan",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The plan"),
+    ),
+    responses(
+        (status = 200, description = "The plan", body = crate::openapi::PlanView),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace or plan", body = ApiError),
+    )
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -200,10 +278,23 @@ pub(crate) async fn show(
     Ok(Json(plan(&state, &workspace, &id).await?.view()).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Body of a cancellation (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub(crate) struct CancelBody {
+    /// Recorded with the cancellation.
     reason: Option<String>,
+}
+
+/// A cancellation just asked for.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PlanCancelling {
+    /// The plan.
+    id: String,
+    /// Always `cancelling`.
+    #[schema(example = "cancelling")]
+    status: &'static str,
 }
 
 async fn append_decided(state: &AppState, event: NewEvent, what: &str) -> Result<(), ApiError> {
@@ -218,7 +309,28 @@ async fn append_decided(state: &AppState, event: NewEvent, what: &str) -> Result
     }
 }
 
-/// `POST /v1/workspaces/{ws}/plans/{id}/cancel`: 202; the orchestrator closes the plan.
+/// Cancels a running plan
+///
+/// Appends `plan.cancelled.v1`; 202: the orchestrator closes the plan. The body is optional.
+/// Scope `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/plans/{id}/cancel",
+    tag = "plans",
+    operation_id = "cancel_plan",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The plan"),
+    ),
+    request_body(content = Option<CancelBody>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Asked; the orchestrator closes the plan", body = PlanCancelling),
+        (status = 400, description = "Not JSON, or an unknown field", body = ApiError),
+        (status = 403, description = "Scope below `propose`", body = ApiError),
+        (status = 404, description = "No such workspace or plan", body = ApiError),
+        (status = 409, description = "The plan has finished (`plan_finished`), or changed meanwhile (`conflict`)", body = ApiError),
+    )
+)]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -247,20 +359,58 @@ pub(crate) async fn cancel(
     append_decided(&state, cancelled, &format!("plan {id}")).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "cancelling"})),
+        Json(PlanCancelling {
+            id,
+            status: "cancelling",
+        }),
     )
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of a resolution.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ResolveBody {
+pub(crate) struct ResolveBody {
+    /// `retry` the task, `skip` it, or `abort` the plan.
+    #[schema(pattern = "^(retry|skip|abort)$", example = "retry")]
     action: String,
+    /// Recorded with the resolution.
     comment: Option<String>,
 }
 
-/// `POST /v1/workspaces/{ws}/plans/{id}/tasks/{task}/resolve` with `retry`, `skip` or
-/// `abort`: only for an escalated task.
+/// A resolution just recorded.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct TaskResolved {
+    /// `retry`, `skip` or `abort`.
+    action: String,
+    plan_id: String,
+    task_id: String,
+}
+
+/// Resolves an escalated task
+///
+/// `retry`, `skip` or `abort`: only for an escalated task of a running plan. Appends
+/// `task.resolved.v1`; 202: the orchestrator acts on it. Scope `approve`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/plans/{id}/tasks/{task}/resolve",
+    tag = "plans",
+    operation_id = "resolve_task",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The plan"),
+        ("task" = String, Path, description = "The escalated task"),
+    ),
+    request_body(content = ResolveBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded; the orchestrator acts on it", body = TaskResolved),
+        (status = 400, description = "Not JSON, or no valid action", body = ApiError),
+        (status = 403, description = "Scope below `approve`", body = ApiError),
+        (status = 404, description = "No such workspace, plan or task", body = ApiError),
+        (status = 409, description = "The task is not escalated (`not_escalated`), or the plan changed meanwhile", body = ApiError),
+    )
+)]
 pub(crate) async fn resolve(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -305,7 +455,11 @@ pub(crate) async fn resolve(
     append_decided(&state, resolved, &format!("plan {id}")).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"plan_id": id, "task_id": task, "action": body.action})),
+        Json(TaskResolved {
+            action: body.action,
+            plan_id: id,
+            task_id: task,
+        }),
     )
         .into_response())
 }

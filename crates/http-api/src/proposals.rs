@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchyard_events::{Source, StreamId, Workspace};
 use switchyard_proposals::{
     Decision, DecisionError, Draft, Proposal, Status, decide, fold, propose, stream,
@@ -59,7 +59,41 @@ fn api_source() -> Result<Source, ApiError> {
     Source::parse("/api").map_err(ApiError::from)
 }
 
-/// `POST /v1/workspaces/{ws}/proposals`
+/// A proposal just created.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ProposalCreated {
+    /// SHA-256 of what would be committed; an approval may name it.
+    #[schema(value_type = String)]
+    content_hash: Value,
+    /// The proposal's id.
+    id: String,
+    /// Always `pending`.
+    #[schema(example = "pending")]
+    status: &'static str,
+}
+
+/// Proposes a change
+///
+/// Appends `proposal.created.v1`, authored by the token's name. Server-owned fields (`id`,
+/// `status`, `content_hash`, `author`, …) may not be supplied. Scope `propose`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/proposals",
+    tag = "proposals",
+    operation_id = "create_proposal",
+    params(("ws" = String, Path, description = "The workspace")),
+    request_body(content = crate::openapi::ProposalDraft, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Proposed; pending a decision", body = ProposalCreated),
+        (status = 400, description = "Not JSON, or a server-owned field supplied", body = ApiError),
+        (status = 403, description = "Scope below `propose`", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+        (status = 409, description = "A proposal for this finding exists already", body = ApiError),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", body = ApiError),
+        (status = 422, description = "Not a valid proposal (`invalid_proposal`, `schema_violation`)", body = ApiError),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -95,33 +129,70 @@ pub(crate) async fn create(
     })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "status": "pending", "content_hash": hash})),
+        Json(ProposalCreated {
+            content_hash: hash,
+            id,
+            status: "pending",
+        }),
     )
         .into_response())
 }
 
 /// A row of the list (the `proposals` projection).
-#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct ProposalRow {
     id: String,
+    /// One line.
     title: String,
+    /// The name of the token that proposed it.
     author: String,
+    #[schema(value_type = crate::openapi::ProposalStatus)]
     status: String,
     content_hash: String,
     created_at: chrono::DateTime<chrono::Utc>,
+    /// Who approved or rejected it.
     decided_by: Option<String>,
+    /// Why it was rejected, or why its commit failed.
     reason: Option<String>,
+    /// The commit, once committed.
     commit_sha: Option<String>,
 }
 
 /// Query of the list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only proposals in this state.
+    #[param(value_type = Option<crate::openapi::ProposalStatus>)]
     status: Option<String>,
+    /// Page size (`api.default_page` when absent, at most `api.max_page`).
     limit: Option<u32>,
 }
 
-/// `GET /v1/workspaces/{ws}/proposals?status=…`
+/// The list of proposals.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ProposalList {
+    #[serde(serialize_with = "crate::sorted_keys")]
+    proposals: Vec<ProposalRow>,
+}
+
+/// Lists proposals
+///
+/// Pending ones first, then newest first (the `proposals` projection, which may lag a little
+/// behind the events). Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/proposals",
+    tag = "proposals",
+    operation_id = "list_proposals",
+    params(("ws" = String, Path, description = "The workspace"), ListQuery),
+    responses(
+        (status = 200, description = "The proposals", body = ProposalList),
+        (status = 400, description = "An unknown status, or a malformed limit", body = ApiError),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -154,7 +225,7 @@ pub(crate) async fn list(
     .fetch_all(state.store.pool())
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(json!({ "proposals": proposals })).into_response())
+    Ok(Json(ProposalList { proposals }).into_response())
 }
 
 async fn load(state: &AppState, workspace: &Workspace, id: &str) -> Result<Proposal, ApiError> {
@@ -168,7 +239,24 @@ async fn load(state: &AppState, workspace: &Workspace, id: &str) -> Result<Propo
     fold(&events).ok_or_else(missing)
 }
 
-/// `GET /v1/workspaces/{ws}/proposals/{id}` — read from its stream, with its history.
+/// A proposal, with its history
+///
+/// Folded from its stream, never behind. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}/proposals/{id}",
+    tag = "proposals",
+    operation_id = "get_proposal",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The proposal"),
+    ),
+    responses(
+        (status = 200, description = "The proposal", body = crate::openapi::ProposalView),
+        (status = 403, description = "The token may not read this workspace", body = ApiError),
+        (status = 404, description = "No such workspace or proposal", body = ApiError),
+    )
+)]
 pub(crate) async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -180,19 +268,40 @@ pub(crate) async fn show(
     Ok(Json(load(&state, &workspace, &id).await?).into_response())
 }
 
-/// Body of an approval.
-#[derive(Debug, Default, Deserialize)]
+/// Body of an approval (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ApproveBody {
+pub(crate) struct ApproveBody {
+    /// Recorded with the decision.
     comment: Option<String>,
+    /// The content hash the approver saw: refused (409 `content_mismatch`) if it differs.
     content_hash: Option<String>,
 }
 
 /// Body of a rejection.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RejectBody {
+pub(crate) struct RejectBody {
+    /// Why; not empty.
+    #[schema(min_length = 1)]
     reason: String,
+}
+
+/// A decision just recorded.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Decided {
+    /// Who decided (the token's name).
+    by: String,
+    /// Through what: `api`, `cli` or `dashboard`.
+    channel: &'static str,
+    /// What was decided on.
+    content_hash: String,
+    /// The proposal.
+    id: String,
+    /// `approved` or `rejected`.
+    #[schema(example = "approved")]
+    status: &'static str,
 }
 
 /// The channel a decision came through: `X-Switchyard-Channel` (`api`, `cli`, `dashboard`).
@@ -248,10 +357,13 @@ async fn decide_route(
         "rejected"
     };
     match state.store.append(vec![event]).await {
-        Ok(_) => Ok(Json(
-            json!({"id": proposal.id, "status": status, "content_hash": proposal.content_hash,
-                                "by": principal.name, "channel": channel}),
-        )
+        Ok(_) => Ok(Json(Decided {
+            by: principal.name.clone(),
+            channel,
+            content_hash: proposal.content_hash,
+            id: proposal.id,
+            status,
+        })
         .into_response()),
         // Someone else decided between our read and our append.
         Err(StoreError::Conflict { .. }) => Err(ApiError::new(
@@ -263,7 +375,31 @@ async fn decide_route(
     }
 }
 
-/// `POST /v1/workspaces/{ws}/proposals/{id}/approve`
+/// Approves a proposal
+///
+/// Appends `proposal.approved.v1`, naming the content hash approved; the git agent commits
+/// it. Once only. The body is optional. Scope `approve`; the author may not approve their own
+/// proposal unless `api.allow_self_approval`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/proposals/{id}/approve",
+    tag = "proposals",
+    operation_id = "approve_proposal",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The proposal"),
+        ("X-Switchyard-Channel" = Option<String>, Header, description = "`api` (default), `cli` or `dashboard`"),
+    ),
+    request_body(content = Option<ApproveBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided", body = Decided),
+        (status = 400, description = "Not JSON, an unknown field or channel", body = ApiError),
+        (status = 403, description = "Scope below `approve`, or the author approving their own proposal (`self_approval`)", body = ApiError),
+        (status = 404, description = "No such workspace or proposal", body = ApiError),
+        (status = 409, description = "Decided already (`already_decided`), or the content changed since `content_hash` (`content_mismatch`)", body = ApiError),
+        (status = 503, description = "The store is unavailable (`Retry-After`)", body = ApiError),
+    )
+)]
 pub(crate) async fn approve(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -280,7 +416,29 @@ pub(crate) async fn approve(
     decide_route(&state, &principal, &workspace, &id, &headers, decision).await
 }
 
-/// `POST /v1/workspaces/{ws}/proposals/{id}/reject`
+/// Rejects a proposal
+///
+/// Appends `proposal.rejected.v1` with the reason. Once only. Scope `approve`.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{ws}/proposals/{id}/reject",
+    tag = "proposals",
+    operation_id = "reject_proposal",
+    params(
+        ("ws" = String, Path, description = "The workspace"),
+        ("id" = String, Path, description = "The proposal"),
+        ("X-Switchyard-Channel" = Option<String>, Header, description = "`api` (default), `cli` or `dashboard`"),
+    ),
+    request_body(content = RejectBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Decided", body = Decided),
+        (status = 400, description = "Not JSON, an unknown field or channel, or no reason", body = ApiError),
+        (status = 403, description = "Scope below `approve`, or the author approving their own proposal (`self_approval`)", body = ApiError),
+        (status = 404, description = "No such workspace or proposal", body = ApiError),
+        (status = 409, description = "Decided already (`already_decided`)", body = ApiError),
+        (status = 503, description = "The store is unavailable (`Retry-After`)", body = ApiError),
+    )
+)]
 pub(crate) async fn reject(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

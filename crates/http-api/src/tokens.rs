@@ -20,15 +20,16 @@ use switchyard_events::Workspace;
 use crate::{ApiError, AppState, Principal, Scope, error::parse_json, token_hash};
 
 /// A token as listed: everything but the secret.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Its id.
     pub id: uuid::Uuid,
     /// Its name, recorded as the author or approver of what it does.
     pub name: String,
-    /// Its workspace, or `None` for every workspace.
+    /// Its workspace; `null` (none) for every workspace.
     pub workspace: Option<String>,
     /// Its scope (`read`, `propose`, `approve`, `admin`).
+    #[schema(pattern = "^(read|propose|approve|admin)$")]
     pub scope: String,
     /// When it was made.
     pub created_at: DateTime<Utc>,
@@ -39,7 +40,7 @@ pub struct TokenInfo {
 }
 
 /// A token just made: the only time its secret is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// The secret, `sy_` and 64 hex digits (256 random bits).
     pub token: String,
@@ -148,11 +149,16 @@ pub async fn revoke_token(
 }
 
 /// Body of `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schema(example = json!({"name": "ci", "workspace": "payments", "scope": "propose", "expires_in": "30d"}))]
+pub(crate) struct CreateBody {
+    /// Recorded as the author or approver of what it does; 1 to 200 printable characters.
     name: String,
+    /// The one workspace it is for; every workspace when absent.
     workspace: Option<String>,
+    /// `read`, `propose`, `approve` or `admin`.
+    #[schema(pattern = "^(read|propose|approve|admin)$")]
     scope: String,
     /// `30d`, `12h`, `90m`…; never expires when absent.
     expires_in: Option<String>,
@@ -167,7 +173,24 @@ pub fn parse_expiry(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// `POST /v1/tokens` (admin)
+/// Creates a token
+///
+/// The answer is the only time its secret is shown; only its SHA-256 is stored. Admin scope:
+/// an admin of one workspace makes tokens of that workspace only.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Made", body = NewToken),
+        (status = 400, description = "Not JSON", body = ApiError),
+        (status = 403, description = "Not an admin token (of every workspace, for a token of every workspace)", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+        (status = 422, description = "A bad name, scope or expiry (`invalid_token`)", body = ApiError),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -231,12 +254,36 @@ pub(crate) async fn create(
 }
 
 /// Query of `GET /v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only this workspace's tokens (an admin of one workspace always sees only its own).
     workspace: Option<String>,
 }
 
-/// `GET /v1/tokens` (admin): a workspace's admin sees its workspace's tokens.
+/// The list of tokens.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenList {
+    /// Newest first.
+    #[serde(serialize_with = "crate::sorted_keys")]
+    tokens: Vec<TokenInfo>,
+}
+
+/// Lists tokens
+///
+/// Newest first, without their secrets. Admin scope: a workspace's admin sees its
+/// workspace's tokens.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The tokens", body = TokenList),
+        (status = 403, description = "Not an admin token", body = ApiError),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -255,10 +302,24 @@ pub(crate) async fn list(
     let tokens = list_tokens(state.store.pool(), workspace.as_deref())
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(serde_json::json!({ "tokens": tokens })).into_response())
+    Ok(Json(TokenList { tokens }).into_response())
 }
 
-/// `POST /v1/tokens/{id}/revoke` (admin)
+/// Revokes a token
+///
+/// At once; revoking again changes nothing. Admin scope (of the token's workspace).
+#[utoipa::path(
+    post,
+    path = "/v1/tokens/{id}/revoke",
+    tag = "tokens",
+    operation_id = "revoke_token",
+    params(("id" = uuid::Uuid, Path, description = "The token's id")),
+    responses(
+        (status = 200, description = "Revoked", body = TokenInfo),
+        (status = 403, description = "Not an admin token", body = ApiError),
+        (status = 404, description = "No such token (or one of another workspace)", body = ApiError),
+    )
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -31,7 +31,25 @@ fn view(event: &RecordedEvent) -> Value {
     view
 }
 
-/// `POST /v1/workspaces` — the body is the data of `workspace.created.v1`.
+/// Creates a workspace
+///
+/// The body is the data of `workspace.created.v1`, appended to the stream `workspace` of the
+/// new workspace. Admin scope, for every workspace.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces",
+    tag = "workspaces",
+    operation_id = "create_workspace",
+    request_body(content = crate::openapi::NewWorkspace, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = crate::openapi::WorkspaceView),
+        (status = 400, description = "Not JSON, or a missing, malformed or reserved `id`", body = ApiError),
+        (status = 403, description = "Not an admin token for every workspace", body = ApiError),
+        (status = 409, description = "The workspace exists already", body = ApiError),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", body = ApiError),
+        (status = 422, description = "The body does not match `workspace.created.v1`", body = ApiError),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -84,7 +102,21 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(view(&created))).into_response())
 }
 
-/// `GET /v1/workspaces/{ws}`
+/// A workspace
+///
+/// As created, with its current settings.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{ws}",
+    tag = "workspaces",
+    operation_id = "get_workspace",
+    params(("ws" = String, Path, description = "The workspace")),
+    responses(
+        (status = 200, description = "The workspace", body = crate::openapi::WorkspaceView),
+        (status = 403, description = "The token may not read it", body = ApiError),
+        (status = 404, description = "No such workspace (or one the token may not see)", body = ApiError),
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -123,8 +155,38 @@ pub(crate) async fn settings(
     .map_err(|e| ApiError::internal(&e))
 }
 
-/// `PUT /v1/workspaces/{ws}/settings` (admin) — the body is the data of
-/// `workspace.configured.v1`: every setting, replacing the previous ones.
+/// A workspace's settings after `PUT …/settings`.
+// Fields in alphabetical order: the bytes `json!` wrote before.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SettingsSet {
+    /// The settings, as given.
+    #[schema(value_type = crate::openapi::WorkspaceSettings)]
+    settings: Value,
+    /// The workspace.
+    #[schema(value_type = String)]
+    workspace: Workspace,
+}
+
+/// Replaces a workspace's settings
+///
+/// The body is the data of `workspace.configured.v1`: every setting, replacing the previous
+/// ones. Artifact overrides are checked against the running agents. Admin scope.
+#[utoipa::path(
+    put,
+    path = "/v1/workspaces/{ws}/settings",
+    tag = "workspaces",
+    operation_id = "put_workspace_settings",
+    params(("ws" = String, Path, description = "The workspace")),
+    request_body(content = crate::openapi::WorkspaceSettings, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The settings are recorded", body = SettingsSet),
+        (status = 400, description = "Not JSON", body = ApiError),
+        (status = 403, description = "Not an admin token of this workspace", body = ApiError),
+        (status = 404, description = "No such workspace", body = ApiError),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", body = ApiError),
+        (status = 422, description = "The body does not match `workspace.configured.v1`, or the artifact contracts do not hold (`invalid_contracts`)", body = ApiError),
+    )
+)]
 pub(crate) async fn put_settings(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -148,7 +210,11 @@ pub(crate) async fn put_settings(
         error.strip_pointer_prefix("/data");
         error
     })?;
-    Ok(Json(json!({"workspace": workspace, "settings": data})).into_response())
+    Ok(Json(SettingsSet {
+        settings: data,
+        workspace,
+    })
+    .into_response())
 }
 
 /// A workspace's `artifacts` overrides must leave contracts that hold against the running

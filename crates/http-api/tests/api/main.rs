@@ -7,6 +7,7 @@ mod agents;
 mod auth;
 mod events;
 mod github;
+mod openapi;
 mod proposals;
 mod tokens;
 mod workspaces;
@@ -86,6 +87,24 @@ impl Api {
         headers: &[(&str, &str)],
         body: impl Into<Body>,
     ) -> (StatusCode, Value) {
+        let (status, bytes) = self.send_raw(method, uri, headers, body).await;
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, json)
+    }
+
+    /// [`Api::send`], answering the body's bytes.
+    pub(crate) async fn send_raw(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> (StatusCode, axum::body::Bytes) {
         let mut request = Request::builder().method(method).uri(uri);
         if !headers
             .iter()
@@ -104,13 +123,7 @@ impl Api {
             .unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        (status, json)
+        (status, bytes)
     }
 
     pub(crate) async fn post_json(
