@@ -74,10 +74,6 @@ pub struct ProjectionStatus {
     pub lag_events: i64,
 }
 
-/// Events read (and applied in one transaction) per page of a rebuild: larger than the live
-/// batch, as a rebuild has a long way to go and no reader waits on its commits.
-const REBUILD_PAGE: u32 = 5_000;
-
 /// Runs projections: follows the store, applies, checkpoints, rebuilds.
 #[derive(Clone)]
 pub struct ProjectionRunner {
@@ -297,7 +293,7 @@ impl ProjectionRunner {
         loop {
             let page = self
                 .store
-                .read_all(cursor, &ReadFilter::default(), REBUILD_PAGE.max(self.batch))
+                .read_all(cursor, &ReadFilter::default(), self.batch)
                 .await?;
             if page.events.is_empty() {
                 break;
@@ -317,7 +313,7 @@ impl ProjectionRunner {
         loop {
             let page = self
                 .store
-                .read_all(cursor, &ReadFilter::default(), REBUILD_PAGE.max(self.batch))
+                .read_all(cursor, &ReadFilter::default(), self.batch)
                 .await?;
             if page.events.is_empty() {
                 break;
