@@ -6,6 +6,8 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use switchyard_events::Workspace;
@@ -216,29 +218,114 @@ impl AuthFailures {
     }
 }
 
+/// Valid tokens seen lately, by hash, so that a busy client is not one more database query per
+/// request. An entry lives `api.token_cache_ms`; a revocation through this instance clears the
+/// cache at once, one through another instance is seen here within that time. Failed lookups
+/// are never cached.
+pub(crate) struct TokenCache {
+    ttl: std::time::Duration,
+    entries: std::sync::RwLock<HashMap<Vec<u8>, Cached>>,
+}
+
+struct Cached {
+    principal: Principal,
+    fetched: std::time::Instant,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Most tokens cached at once; beyond it the cache starts over.
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub(crate) fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: std::sync::RwLock::default(),
+        }
+    }
+
+    fn get(&self, hash: &[u8]) -> Option<Principal> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.read().ok()?;
+        let cached = entries.get(hash)?;
+        let live = cached.fetched.elapsed() < self.ttl
+            && cached.expires_at.is_none_or(|at| at > chrono::Utc::now());
+        live.then(|| cached.principal.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, cached: Cached) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= TOKEN_CACHE_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(hash, cached);
+        }
+    }
+
+    /// Forgets every token (after a revocation).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+    }
+}
+
 async fn authenticate(state: &AppState, header: Option<&str>) -> Result<Principal, ApiError> {
     let token = header
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
-    let row: Option<(uuid::Uuid, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT id, name, workspace, scope FROM api_tokens
+    let hash = token_hash(token);
+    if let Some(principal) = state.token_cache.get(&hash) {
+        return Ok(principal);
+    }
+    type Row = (
+        uuid::Uuid,
+        String,
+        Option<String>,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, name, workspace, scope, expires_at FROM api_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL
            AND (expires_at IS NULL OR expires_at > now())",
     )
-    .bind(token_hash(token))
+    .bind(&hash)
     .fetch_optional(state.store.pool())
     .await
     .map_err(|e| ApiError::internal(&e))?;
-    let (token_id, name, workspace, scope) =
+    let (token_id, name, workspace, scope, expires_at) =
         row.ok_or_else(|| ApiError::unauthorized("the token is unknown, revoked or expired"))?;
     let scope = Scope::parse(&scope)
         .ok_or_else(|| ApiError::unauthorized("the token's scope is unknown"))?;
-    Ok(Principal {
+    let principal = Principal {
         token_id,
         name,
         workspace,
         scope,
-    })
+    };
+    state.token_cache.put(
+        hash,
+        Cached {
+            principal: principal.clone(),
+            fetched: std::time::Instant::now(),
+            expires_at,
+        },
+    );
+    Ok(principal)
 }

@@ -79,6 +79,9 @@ pub struct ApiConfig {
     pub auth_failures_per_minute: u32,
     /// Failed authentications allowed at once per client address.
     pub auth_failure_burst: u32,
+    /// How long a valid token is trusted without asking the database again, in milliseconds
+    /// (0: ask every time). A token revoked through another instance works there this long.
+    pub token_cache_ms: u64,
 }
 
 impl ApiConfig {
@@ -102,6 +105,7 @@ impl Default for ApiConfig {
             request_timeout_secs: 30,
             auth_failures_per_minute: 60,
             auth_failure_burst: 20,
+            token_cache_ms: 1_000,
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct AppState {
     github: Option<Arc<switchyard_github::GitHubHost>>,
     /// Failed authentications per client address.
     auth_failures: Arc<auth::AuthFailures>,
+    /// Valid tokens seen lately.
+    token_cache: Arc<auth::TokenCache>,
     /// The observability mode, for `GET/PUT /v1/ops/mode`.
     modes: Option<Arc<switchyard_telemetry::Modes>>,
     /// The artifact contracts and the agents they are held against.
@@ -186,6 +192,9 @@ impl AppState {
                 config.auth_failures_per_minute,
                 config.auth_failure_burst,
             )),
+            token_cache: Arc::new(auth::TokenCache::new(Duration::from_millis(
+                config.token_cache_ms,
+            ))),
             config: Arc::new(config),
             known_workspaces: Arc::default(),
             ops: None,

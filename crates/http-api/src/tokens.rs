@@ -331,6 +331,7 @@ pub(crate) async fn revoke(
         Some(mine) => principal.require(Workspace::parse(mine).ok().as_ref(), Scope::Admin)?,
         None => principal.require(None, Scope::Admin)?,
     }
+    state.token_cache.clear();
     let revoked = revoke_token(state.store.pool(), token_id, principal.workspace.as_deref())
         .await
         .map_err(|e| ApiError::internal(&e))?
