@@ -163,6 +163,7 @@ async fn main() {
         tokio::spawn(async move {
             let mut wakeups = Wakeups::listen(&store).await.unwrap();
             let filter = ReadFilter {
+                types: None,
                 workspace: None,
                 ty: Some(EventType::parse("retrospective.completed.v1").unwrap()),
             };

@@ -61,6 +61,10 @@ impl Projection for ArtifactsProjection {
         SCHEMA
     }
 
+    fn types(&self) -> Option<&'static [&'static str]> {
+        Some(&["artifact.updated.v1", "artifact.consumed.v1"])
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

@@ -66,6 +66,7 @@ pub(crate) async fn watch(
 ) -> anyhow::Result<()> {
     let mut wakeups = Wakeups::listen(&store).await?;
     let filter = ReadFilter {
+        types: None,
         workspace: None,
         ty: Some(EventType::parse("bench.pong.v1")?),
     };

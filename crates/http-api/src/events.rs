@@ -362,6 +362,7 @@ pub(crate) async fn list_events(
         .map_err(ApiError::from)?;
     let limit = state.config.page(query.limit);
     let filter = ReadFilter {
+        types: None,
         workspace: Some(workspace),
         ty,
     };

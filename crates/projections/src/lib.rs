@@ -53,6 +53,13 @@ pub trait Projection: Send + Sync + 'static {
     /// Creates the projection's tables (run in an empty schema, with `search_path` set to it).
     fn schema(&self) -> &'static str;
 
+    /// The only event types [`apply`](Self::apply) does anything with, when it depends on the
+    /// type alone: the runner then reads only these from the store. `None` (the default): it
+    /// is handed every event.
+    fn types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Applies one event. Events of types the projection ignores must be ignored.
     fn apply<'a>(
         &'a self,
@@ -90,6 +97,16 @@ impl std::fmt::Debug for ProjectionRunner {
         f.debug_struct("ProjectionRunner")
             .field("projections", &names)
             .finish()
+    }
+}
+
+/// What the runner reads for `projection`: the types it declared, or everything.
+fn filter_of(projection: &dyn Projection) -> ReadFilter {
+    ReadFilter {
+        types: projection
+            .types()
+            .map(|types| types.iter().map(|t| (*t).to_owned()).collect()),
+        ..ReadFilter::default()
     }
 }
 
@@ -240,7 +257,7 @@ impl ProjectionRunner {
         let (cursor, _) = checkpoint(self.store.pool(), name).await?;
         let page = self
             .store
-            .read_all(cursor, &ReadFilter::default(), self.batch)
+            .read_all(cursor, &filter_of(projection), self.batch)
             .await?;
         if page.next == cursor {
             return Ok((0, page.held_back));
@@ -293,7 +310,7 @@ impl ProjectionRunner {
         loop {
             let page = self
                 .store
-                .read_all(cursor, &ReadFilter::default(), self.batch)
+                .read_all(cursor, &filter_of(&*projection), self.batch)
                 .await?;
             if page.events.is_empty() {
                 break;
@@ -313,7 +330,7 @@ impl ProjectionRunner {
         loop {
             let page = self
                 .store
-                .read_all(cursor, &ReadFilter::default(), self.batch)
+                .read_all(cursor, &filter_of(&*projection), self.batch)
                 .await?;
             if page.events.is_empty() {
                 break;

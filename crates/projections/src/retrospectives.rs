@@ -70,6 +70,14 @@ impl Projection for Retrospectives {
         SCHEMA
     }
 
+    fn types(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "retrospective.completed.v1",
+            "agent.action_item.assigned.v1",
+            "agent.action_item.completed.v1",
+        ])
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

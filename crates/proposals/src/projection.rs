@@ -45,6 +45,18 @@ impl Projection for ProposalsProjection {
         SCHEMA
     }
 
+    fn types(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "proposal.created.v1",
+            "proposal.approved.v1",
+            "proposal.rejected.v1",
+            "git.commit.v1",
+            "git.commit_failed.v1",
+            "proposal.merged.v1",
+            "proposal.closed.v1",
+        ])
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

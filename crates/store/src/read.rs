@@ -17,6 +17,9 @@ pub struct ReadFilter {
     pub workspace: Option<Workspace>,
     /// Only events of this type.
     pub ty: Option<EventType>,
+    /// Only events of one of these types (a projection's): the others are skipped in the
+    /// database, never sent or decoded. `None`: every type.
+    pub types: Option<Vec<String>>,
 }
 
 /// A page of a global read.
@@ -148,6 +151,7 @@ impl EventStore {
                    AND transaction_id < w.xmin
                    AND ($3::text IS NULL OR workspace = $3)
                    AND ($4::text IS NULL OR type = $4)
+                   AND ($6::text[] IS NULL OR type = ANY($6))
                  ORDER BY transaction_id, position
                  LIMIT $5
              ) e ON true"
@@ -157,6 +161,7 @@ impl EventStore {
         .bind(filter.workspace.as_ref().map(Workspace::as_str))
         .bind(filter.ty.as_ref().map(EventType::as_str))
         .bind(i64::from(limit))
+        .bind(filter.types.as_deref())
         .fetch_all(&self.pool)
         .await?;
 

@@ -231,6 +231,7 @@ pub(crate) async fn events(
         no_follow,
     } = command;
     let filter = ReadFilter {
+        types: None,
         workspace: workspace
             .as_deref()
             .map(Workspace::parse)

@@ -92,6 +92,10 @@ impl Projection for WorkflowsProjection {
         SCHEMA
     }
 
+    fn types(&self) -> Option<&'static [&'static str]> {
+        Some(&types::PLAN_STREAM_TYPES)
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

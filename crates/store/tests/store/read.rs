@@ -46,6 +46,7 @@ async fn global_reads_page_and_filter(pool: PgPool) {
 
     // A workspace filter returns only that workspace, and its cursor then skips the rest.
     let filter = ReadFilter {
+        types: None,
         workspace: Some(ws("odd")),
         ty: None,
     };
@@ -62,6 +63,7 @@ async fn global_reads_page_and_filter(pool: PgPool) {
     );
 
     let filter = ReadFilter {
+        types: None,
         workspace: None,
         ty: Some(EventType::parse("proposal.approved.v1").unwrap()),
     };
@@ -70,5 +72,52 @@ async fn global_reads_page_and_filter(pool: PgPool) {
     assert!(
         page.next > Cursor::START,
         "an empty filtered read still advances"
+    );
+
+    // A set of types (a projection's): only those, in order, paged by the limit.
+    let note = |i: usize| {
+        switchyard_events::NewEvent::new(
+            ws("even"),
+            switchyard_events::Source::parse("/tests").unwrap(),
+            EventType::parse("agent.message.sent.v1").unwrap(),
+            switchyard_events::StreamId::parse(&format!("message/m{i}")).unwrap(),
+            serde_json::json!({"message_id": format!("m{i}"), "sender": "a", "recipient": "*",
+                               "type": "note", "content": i}),
+        )
+    };
+    for i in 0..4 {
+        store.append(vec![note(i)]).await.unwrap();
+        store
+            .append(vec![memory("even", "agent/b", &format!("x{i}"))])
+            .await
+            .unwrap();
+    }
+    let filter = ReadFilter {
+        types: Some(vec![
+            "agent.message.sent.v1".into(),
+            "proposal.approved.v1".into(),
+        ]),
+        ..ReadFilter::default()
+    };
+    read_n(&store, Cursor::START, &ReadFilter::default(), 18).await;
+    let first = store.read_all(Cursor::START, &filter, 3).await.unwrap();
+    let rest = store.read_all(first.next, &filter, 3).await.unwrap();
+    let contents: Vec<i64> = first
+        .events
+        .iter()
+        .chain(&rest.events)
+        .map(|e| {
+            assert_eq!(e.ty.as_str(), "agent.message.sent.v1");
+            e.data["content"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(contents, [0, 1, 2, 3]);
+    let after = store
+        .read_all(rest.next, &ReadFilter::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        after.events.is_empty(),
+        "the cursor moved past the skipped types too"
     );
 }
