@@ -300,8 +300,8 @@ async fn measure(
     let total = raw::count(&pool, "SELECT count(*) FROM events").await?;
     let raw_read = raw::ordered_read(&pool).await?;
     for projection in ["agent_state", "proposals"] {
-        let rebuilt = rebuild(binary, setup, projection).await?;
-        report.rebuild(projection, total, rebuilt, raw_read.clone());
+        let (rebuilt, applied) = rebuild(binary, setup, projection, total).await?;
+        report.rebuild(projection, total, applied, rebuilt, raw_read.clone());
     }
 
     // 6. API read of a projection list.
@@ -625,12 +625,15 @@ async fn fill(args: &Args, http: &Http, pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `switchyard projections rebuild <name> --output json`, on the bench's database.
+/// `switchyard projections rebuild <name> --output json`, on the bench's database of `total`
+/// events: the figures over all of them (what the rebuild went through), and how many it
+/// applied.
 async fn rebuild(
     binary: &std::path::Path,
     setup: &Setup,
     projection: &str,
-) -> anyhow::Result<Figures> {
+    total: i64,
+) -> anyhow::Result<(Figures, u64)> {
     let output = tokio::process::Command::new(binary)
         .args(["projections", "rebuild", projection, "--output", "json"])
         .env("DATABASE_URL", &setup.database_url)
@@ -657,11 +660,12 @@ async fn rebuild(
     let seconds = result["seconds"]
         .as_f64()
         .context("no `seconds` in the rebuild's JSON")?;
-    Ok(Figures::new(
-        read,
+    let figures = Figures::new(
+        u64::try_from(total).unwrap_or_default(),
         Duration::from_secs_f64(seconds),
         Vec::new(),
-    ))
+    );
+    Ok((figures, read))
 }
 
 /// A database of the bench's own next to DATABASE_URL's, dropped at the end.
