@@ -66,6 +66,21 @@ pub trait Projection: Send + Sync + 'static {
         tx: &'a mut PgConnection,
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
+    /// Applies a page of events, in order, in one transaction: [`apply`](Self::apply) on each
+    /// unless the projection can do it in fewer statements with the same outcome.
+    fn apply_page<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            for event in events {
+                self.apply(&mut *tx, event).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Where a projection stands.
@@ -445,9 +460,7 @@ async fn apply_page(
     sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
         .execute(&mut *tx)
         .await?;
-    for event in events {
-        projection.apply(&mut *tx, event).await?;
-    }
+    projection.apply_page(&mut *tx, events).await?;
     Ok(())
 }
 

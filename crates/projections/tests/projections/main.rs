@@ -340,3 +340,44 @@ async fn wait_for_applied_named(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `agent_state` applies a page of memory records and activity in two statements: the tables
+/// come out exactly as when the same events are applied one page of one event at a time, and
+/// each key holds its last value.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_page_applied_at_once_equals_one_event_at_a_time(pool: PgPool) {
+    let store = store(&pool);
+    append_agent_events(&store, 60, "e").await;
+    let one_by_one = ProjectionRunner::new(
+        store.clone(),
+        vec![Arc::new(AgentState) as Arc<dyn Projection>],
+        1,
+    );
+    one_by_one.ensure_schemas().await.unwrap();
+    run_until_caught_up(&one_by_one, &pool, 60).await;
+    let single = snapshot(&pool).await;
+
+    let paged = ProjectionRunner::new(
+        store.clone(),
+        vec![Arc::new(AgentState) as Arc<dyn Projection>],
+        500,
+    );
+    assert_eq!(paged.rebuild("agent_state").await.unwrap(), 60);
+    assert_eq!(snapshot(&pool).await, single);
+    // alpha (even i), agent-0 (i % 3 == 0), k0 (i % 5 == 0): i = 0 and 30; the last wins.
+    let value: Value = sqlx::query_scalar(
+        "SELECT value FROM proj_agent_state.memory
+         WHERE workspace = 'alpha' AND agent = 'agent-0' AND key = 'k0'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(value, json!("e30"));
+    let emitted: i64 = single["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[2].as_i64().unwrap())
+        .sum();
+    assert_eq!(emitted, 60);
+}
