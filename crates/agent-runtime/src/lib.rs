@@ -299,15 +299,28 @@ impl AgentRuntime {
         for agent in &self.agents {
             let manifest = agent.manifest();
             let stream = StreamId::parse(&format!("agent/{}", manifest.name)).map_err(js)?;
-            let version = self.store.stream_version(&workspace, &stream).await?;
-            let last = if version == 0 {
-                None
-            } else {
-                self.store
-                    .read_stream(&workspace, &stream, version - 1, 1)
+            // Compare with the last registration, not the stream's last event: the stream
+            // `agent/<name>` of the `system` workspace also holds the agent's
+            // `agent.failed.v1` for events of that workspace.
+            let (version, registered): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT max(stream_version),
+                        max(stream_version) FILTER (WHERE type = 'agent.registered.v1')
+                 FROM events WHERE workspace = $1 AND stream_id = $2",
+            )
+            .bind(workspace.as_str())
+            .bind(stream.as_str())
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(switchyard_store::Error::from)?;
+            let version = u64::try_from(version.unwrap_or(0)).unwrap_or(0);
+            let last = match registered.and_then(|v| u64::try_from(v).ok()) {
+                Some(at) => self
+                    .store
+                    .read_stream(&workspace, &stream, at.saturating_sub(1), 1)
                     .await?
                     .into_iter()
-                    .next()
+                    .next(),
+                None => None,
             };
             let hash = manifest.hash();
             if last.is_some_and(|e| {

@@ -81,6 +81,10 @@ pub struct RelayConfig {
     pub reconcile_interval_ms: u64,
     /// How long a standby waits between attempts to take the lock, in milliseconds.
     pub standby_retry_ms: u64,
+    /// After a short page, how long events may gather before the next round, in
+    /// milliseconds: under a stream of small commits the relay then reads, publishes and
+    /// checkpoints about once per this time instead of once per commit. 0: at once.
+    pub coalesce_ms: u64,
 }
 
 impl Default for RelayConfig {
@@ -93,6 +97,7 @@ impl Default for RelayConfig {
             replicas: 1,
             reconcile_interval_ms: 2_000,
             standby_retry_ms: 1_000,
+            coalesce_ms: 2,
         }
     }
 }
@@ -230,6 +235,13 @@ impl Relay {
                 tracing::debug!(events = page.events.len(), cursor = %checkpoint.cursor, "relayed");
             } else {
                 checkpoint.cursor = page.next;
+            }
+            if !full && !page.events.is_empty() && self.config.coalesce_ms > 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(self.config.coalesce_ms)) => {}
+                }
+                continue;
             }
             if !full {
                 // Caught up: sleep until new events commit (or the watermark may have moved:

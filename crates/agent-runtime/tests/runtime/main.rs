@@ -273,6 +273,7 @@ async fn a_poison_event_is_dead_lettered_while_the_others_pass(pool: PgPool) {
     let setup = Setup::new(&pool).await;
     let agent = Echo::new();
     let runtime = setup.runtime(Arc::clone(&agent), fast());
+    runtime.register().await.unwrap();
     tokio::spawn(runtime.clone().run(setup.shutdown.clone()));
 
     let poison = setup.trigger("poison-1").await;
@@ -333,6 +334,16 @@ async fn a_poison_event_is_dead_lettered_while_the_others_pass(pool: PgPool) {
     // The rogue one still fails: its retry says so and stays unresolved.
     assert!(runtime.retry_dead_letter(rogue.id).await.is_err());
     assert_eq!(runtime.dead_letters(true).await.unwrap().len(), 1);
+    // A start after the dead letters finds the unchanged registration and appends none.
+    runtime.register().await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE type = 'agent.registered.v1'"
+        )
+        .await,
+        1
+    );
     setup.teardown().await;
 }
 
