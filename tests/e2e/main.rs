@@ -878,6 +878,12 @@ async fn the_cli_approves_a_proposal_made_over_http() {
         .await
         .unwrap();
     assert_eq!(bogus.status.code(), Some(2), "a bad value exits with 2");
+    // The API's document, without a server: the one checked in.
+    let openapi = cli(&["openapi"]).output().await.unwrap();
+    assert!(openapi.status.success());
+    let printed: Value = serde_json::from_slice(&openapi.stdout).unwrap();
+    let checked_in: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+    assert_eq!(printed, checked_in);
     let unreachable = cli(&["projections", "status"])
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .env("SWITCHYARD_DATABASE__CONNECT_TIMEOUT_SECS", "0")

@@ -140,6 +140,11 @@ enum Command {
         #[command(subcommand)]
         command: catalog::CatalogCommand,
     },
+    /// The HTTP API as an OpenAPI 3.1 document (what `GET /openapi.json` serves), without a
+    /// server or a database.
+    ///
+    /// Example: `switchyard openapi > openapi.json`
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +195,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig => check_config(&settings, output),
         Command::Catalog { command } => catalog::run(&settings, command, output),
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&switchyard_http_api::openapi())?
+            );
+            Ok(())
+        }
         Command::Migrate => {
             let pool = connect(&settings).await?;
             let applied = migrate(&pool).await?;
