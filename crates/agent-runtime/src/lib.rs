@@ -215,6 +215,37 @@ impl std::fmt::Debug for AgentRuntime {
     }
 }
 
+/// The version of the stream `agent/<name>` (workspace `system`) and the agent's last
+/// `agent.registered.v1` on it. The last registration, not the stream's last event: the stream
+/// also holds the agent's `agent.failed.v1` for events of the `system` workspace.
+pub async fn last_registration(
+    store: &EventStore,
+    name: &str,
+) -> Result<(u64, Option<RecordedEvent>)> {
+    let workspace = Workspace::parse(SYSTEM_WORKSPACE).map_err(js)?;
+    let stream = StreamId::parse(&format!("agent/{name}")).map_err(js)?;
+    let (version, registered): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT max(stream_version),
+                max(stream_version) FILTER (WHERE type = 'agent.registered.v1')
+         FROM events WHERE workspace = $1 AND stream_id = $2",
+    )
+    .bind(workspace.as_str())
+    .bind(stream.as_str())
+    .fetch_one(store.pool())
+    .await
+    .map_err(switchyard_store::Error::from)?;
+    let version = u64::try_from(version.unwrap_or(0)).unwrap_or(0);
+    let last = match registered.and_then(|v| u64::try_from(v).ok()) {
+        Some(at) => store
+            .read_stream(&workspace, &stream, at.saturating_sub(1), 1)
+            .await?
+            .into_iter()
+            .next(),
+        None => None,
+    };
+    Ok((version, last))
+}
+
 /// The durable consumer of one agent for one type: `<agent>--<type as a token>`.
 pub fn consumer_name(agent: &str, ty: &EventType) -> String {
     format!("{agent}--{}", encode_type(ty).replace('.', "_"))
@@ -299,29 +330,7 @@ impl AgentRuntime {
         for agent in &self.agents {
             let manifest = agent.manifest();
             let stream = StreamId::parse(&format!("agent/{}", manifest.name)).map_err(js)?;
-            // Compare with the last registration, not the stream's last event: the stream
-            // `agent/<name>` of the `system` workspace also holds the agent's
-            // `agent.failed.v1` for events of that workspace.
-            let (version, registered): (Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT max(stream_version),
-                        max(stream_version) FILTER (WHERE type = 'agent.registered.v1')
-                 FROM events WHERE workspace = $1 AND stream_id = $2",
-            )
-            .bind(workspace.as_str())
-            .bind(stream.as_str())
-            .fetch_one(self.store.pool())
-            .await
-            .map_err(switchyard_store::Error::from)?;
-            let version = u64::try_from(version.unwrap_or(0)).unwrap_or(0);
-            let last = match registered.and_then(|v| u64::try_from(v).ok()) {
-                Some(at) => self
-                    .store
-                    .read_stream(&workspace, &stream, at.saturating_sub(1), 1)
-                    .await?
-                    .into_iter()
-                    .next(),
-                None => None,
-            };
+            let (version, last) = last_registration(&self.store, &manifest.name).await?;
             let hash = manifest.hash();
             if last.is_some_and(|e| {
                 e.data.get("manifest_hash").and_then(|h| h.as_str()) == Some(hash.as_str())

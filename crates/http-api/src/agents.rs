@@ -154,36 +154,17 @@ fn agent_stream(name: &str) -> Result<StreamId, ApiError> {
     StreamId::parse(&format!("agent/{name}")).map_err(|e| ApiError::internal(&e))
 }
 
-/// The agent's last registration, with the stream's version (the stream also holds the
-/// agent's `agent.failed.v1` events, so the last event need not be the registration).
+/// The agent's last registration, with the stream's version.
 async fn last_registration(
     state: &AppState,
     name: &str,
 ) -> Result<(u64, Option<RecordedEvent>), ApiError> {
-    let workspace = system()?;
-    let stream = agent_stream(name)?;
-    let (version, registered): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT max(stream_version),
-                max(stream_version) FILTER (WHERE type = 'agent.registered.v1')
-         FROM events WHERE workspace = $1 AND stream_id = $2",
-    )
-    .bind(workspace.as_str())
-    .bind(stream.as_str())
-    .fetch_one(state.store.pool())
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
-    let version = u64::try_from(version.unwrap_or(0)).unwrap_or(0);
-    let Some(registered) = registered.and_then(|v| u64::try_from(v).ok()) else {
-        return Ok((version, None));
-    };
-    let last = state
-        .store
-        .read_stream(&workspace, &stream, registered.saturating_sub(1), 1)
+    switchyard_agent_runtime::last_registration(&state.store, name)
         .await
-        .map_err(|e| ApiError::from_store(e, false))?
-        .into_iter()
-        .next();
-    Ok((version, last))
+        .map_err(|e| match e {
+            switchyard_agent_runtime::Error::Store(e) => ApiError::from_store(e, false),
+            other => ApiError::internal(&other),
+        })
 }
 
 /// The registered external agent `name`, or why events from `/agents/<name>` are refused.
