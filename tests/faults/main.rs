@@ -868,12 +868,14 @@ async fn scale_out() {
     let pg = PrivatePostgres::start().await;
     let nats = NatsCluster::start().await;
     let mut rows = Vec::new();
-    for n in 1..=3usize {
+    let rounds = env_u64("SWITCHYARD_SCALE_FROM", 1) as usize..=3usize;
+    for n in rounds {
         let db_url = pg.create_database(&format!("scale{n}")).await;
         let mut cluster = Cluster {
             db_url: db_url.clone(),
-            nats_url: nats.url(),
-            replicas: 3,
+            // The cluster, or another server to compare with (a standalone one, say).
+            nats_url: std::env::var("SWITCHYARD_SCALE_NATS_URL").unwrap_or_else(|_| nats.url()),
+            replicas: env_u64("SWITCHYARD_SCALE_REPLICAS", 3) as usize,
             repo: String::new(),
             instances: Vec::new(),
         };
