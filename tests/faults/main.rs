@@ -875,7 +875,7 @@ async fn scale_out() {
             db_url: db_url.clone(),
             // The cluster, or another server to compare with (a standalone one, say).
             nats_url: std::env::var("SWITCHYARD_SCALE_NATS_URL").unwrap_or_else(|_| nats.url()),
-            replicas: env_u64("SWITCHYARD_SCALE_REPLICAS", 3) as usize,
+            replicas: u8::try_from(env_u64("SWITCHYARD_SCALE_REPLICAS", 3)).unwrap_or(3),
             repo: String::new(),
             instances: Vec::new(),
         };
