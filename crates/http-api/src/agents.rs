@@ -136,7 +136,9 @@ impl AgentView {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// An agent's name as `agent.registered.v1` allows it: 1-63 of `a-z 0-9 - _`, starting with a
+/// letter or digit.
+pub(crate) fn valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
@@ -245,41 +247,22 @@ pub(crate) async fn register(
             format!("{name} is a built-in agent of this server; choose another name"),
         ));
     }
-    let catalog = state.store.catalog();
-    let mut subscribes = Vec::new();
-    for (i, ty) in body.subscribes.iter().enumerate() {
-        let ty =
-            EventType::parse(ty).map_err(|e| ApiError::from(e).at(format!("/subscribes/{i}")))?;
-        if catalog.get(ty.as_str()).is_none() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_type",
-                format!("{ty} is not in the event catalog (GET /v1/schemas)"),
-            )
-            .at(format!("/subscribes/{i}")));
-        }
-        subscribes.push(ty);
-    }
-    let mut emits = Vec::new();
-    for (i, ty) in body.emits.iter().enumerate() {
-        let ty = EventType::parse(ty).map_err(|e| ApiError::from(e).at(format!("/emits/{i}")))?;
-        if catalog.get(ty.as_str()).is_none() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_type",
-                format!("{ty} is not in the event catalog (GET /v1/schemas)"),
-            )
-            .at(format!("/emits/{i}")));
-        }
-        if let Some(route) = crate::events::owned_elsewhere(ty.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "reserved_type",
-                format!("{ty} events are written by Switchyard itself ({route}); an agent cannot emit them"),
-            )
-            .at(format!("/emits/{i}")));
-        }
-        emits.push(ty);
+    let subscribes = catalog_types(&state, &body.subscribes, "subscribes")?;
+    let emits = catalog_types(&state, &body.emits, "emits")?;
+    if let Some((i, route)) = emits
+        .iter()
+        .enumerate()
+        .find_map(|(i, ty)| Some((i, crate::events::owned_elsewhere(ty.as_str())?)))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reserved_type",
+            format!(
+                "{} events are written by Switchyard itself ({route}); an agent cannot emit them",
+                emits[i]
+            ),
+        )
+        .at(format!("/emits/{i}")));
     }
     let manifest = Manifest {
         name: name.clone(),
@@ -343,6 +326,33 @@ pub(crate) async fn register(
         "conflict",
         format!("agent {name} is being registered concurrently; try again"),
     ))
+}
+
+/// The types of a manifest's `field`, each of the catalog (else 422 `unknown_type` with its
+/// pointer).
+fn catalog_types(
+    state: &AppState,
+    types: &[String],
+    field: &str,
+) -> Result<Vec<EventType>, ApiError> {
+    let catalog = state.store.catalog();
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            let at = format!("/{field}/{i}");
+            let ty = EventType::parse(ty).map_err(|e| ApiError::from(e).at(at.clone()))?;
+            if catalog.get(ty.as_str()).is_none() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_type",
+                    format!("{ty} is not in the event catalog (GET /v1/schemas)"),
+                )
+                .at(at));
+            }
+            Ok(ty)
+        })
+        .collect()
 }
 
 /// Creates the agent's durable consumers on the relay's stream, when missing.

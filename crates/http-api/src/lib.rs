@@ -583,12 +583,7 @@ async fn run_agent(
     let workspace = state
         .existing_workspace(&principal, &workspace, Scope::Propose)
         .await?;
-    let valid = !agent.is_empty()
-        && agent.len() <= 63
-        && agent
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if !valid {
+    if !agents::valid_name(&agent) {
         return Err(ApiError::not_found(format!("no agent named {agent:?}")));
     }
     let event = switchyard_events::NewEvent::new(
