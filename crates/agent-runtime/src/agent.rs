@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use switchyard_events::{EventId, EventType, NewEvent, RecordedEvent, Source, StreamId};
 
-use crate::messages::{MESSAGE_ACKNOWLEDGED, MESSAGE_SENT, Message, inbox};
+use crate::messages::{MESSAGE_ACKNOWLEDGED, MESSAGE_SENT, Message, inbox, wait_for_inbox};
 
 /// The event type that `remember` records.
 pub const MEMORY_RECORDED: &str = "agent.memory.recorded.v1";
@@ -146,6 +146,10 @@ impl WorkContext {
     /// store's idempotency decides — and a retry of the same step (same `used_in`) gets it
     /// again.
     pub async fn claim_inbox(&self, used_in: &str) -> Result<Vec<Message>, HandlerError> {
+        {
+            let mut conn = self.store.pool().acquire().await?;
+            wait_for_inbox(&mut conn, self.cause.cursor).await?;
+        }
         let waiting = inbox(
             self.store.pool(),
             self.cause.workspace.as_str(),
@@ -364,6 +368,7 @@ impl<'t> Context<'t> {
     /// The messages waiting for this agent in the handled event's workspace (at most 100),
     /// oldest first.
     pub async fn inbox(&mut self) -> Result<Vec<Message>, HandlerError> {
+        wait_for_inbox(&mut *self.tx, self.cause.cursor).await?;
         Ok(inbox(
             &mut *self.tx,
             self.cause.workspace.as_str(),

@@ -31,9 +31,43 @@ pub struct Message {
     pub sent_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Waits (up to [`INBOX_WAIT`]) until the `agent_state` projection, which holds the inboxes,
+/// has applied everything up to `cause` in the store's global order: then every message sent
+/// before the handled event is in the inbox. After the wait the inbox is read as it is.
+pub(crate) async fn wait_for_inbox(
+    conn: &mut sqlx::PgConnection,
+    cause: switchyard_events::Cursor,
+) -> Result<(), sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + INBOX_WAIT;
+    loop {
+        let caught_up: Option<bool> = sqlx::query_scalar(
+            "SELECT (transaction_id, position) >= ($1, $2)
+             FROM projection_checkpoints WHERE name = 'agent_state'",
+        )
+        .bind(i64::try_from(cause.transaction).unwrap_or(i64::MAX))
+        .bind(cause.position)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if caught_up == Some(true) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                ?cause,
+                "the agent_state projection is behind; reading the inbox as it is"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// How long an inbox read waits for the projection to reach the handled event.
+pub(crate) const INBOX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Messages for `agent` in `workspace` (addressed to it or to `*`) that it has not
-/// acknowledged, oldest first, at most `limit`. Read from the `agent_state` projection, so a
-/// message sent a moment ago may reach only the step after next.
+/// acknowledged, oldest first, at most `limit`. Read from the `agent_state` projection
+/// ([`wait_for_inbox`] first makes it hold everything sent before the handled event).
 pub async fn inbox<'c, E>(
     executor: E,
     workspace: &str,
