@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use switchyard_testkit::TempDatabase;
 
+mod dashboard;
 mod external;
 mod github;
 mod observability;

@@ -135,6 +135,35 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     }
 }
 
+/// A file's text at a revision of a repository on disk (`HEAD`, a commit, `<commit>^`):
+/// `None` when the file or the revision does not exist there, or the file is not UTF-8.
+/// The path must stay inside the repository (no absolute path, no `..`).
+pub async fn read_at(dir: &Path, revision: &str, path: &str) -> Result<Option<String>, GitError> {
+    let relative = Path::new(path);
+    if path.is_empty()
+        || relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(GitError::PathOutside(path.to_owned()));
+    }
+    if revision.starts_with('-') || revision.contains(':') {
+        return Err(GitError::Host(format!("not a revision: {revision:?}")));
+    }
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["cat-file", "blob"])
+        .arg(format!("{revision}:{path}"))
+        .output()
+        .await
+        .map_err(|e| GitError::Host(format!("cannot run git: {e}")))?;
+    if !output.status.success() {
+        return Ok(None);
+    }
+    Ok(String::from_utf8(output.stdout).ok())
+}
+
 /// Resolves a relative path inside `root`, refusing anything that leaves it: absolute paths,
 /// `..`, and existing symlinks on the way.
 fn inside(root: &Path, path: &str) -> Result<PathBuf, GitError> {

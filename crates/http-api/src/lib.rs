@@ -11,6 +11,8 @@
 mod agents;
 mod artifacts;
 mod auth;
+mod dashboard;
+mod diff;
 mod error;
 mod events;
 mod github;
@@ -19,7 +21,9 @@ mod openapi;
 mod ops;
 mod plans;
 mod proposals;
+mod roster;
 mod serve;
+mod timeline;
 mod tokens;
 mod workspaces;
 
@@ -82,6 +86,10 @@ pub struct ApiConfig {
     /// How long a valid token is trusted without asking the database again, in milliseconds
     /// (0: ask every time). A token revoked through another instance works there this long.
     pub token_cache_ms: u64,
+    /// A trace viewer's address for one trace, `{trace_id}` standing for the id (e.g.
+    /// `http://127.0.0.1:16686/trace/{trace_id}` for Jaeger): the dashboard links each
+    /// event's trace there. `None`: it shows the trace id only.
+    pub trace_url: Option<String>,
 }
 
 impl ApiConfig {
@@ -106,6 +114,7 @@ impl Default for ApiConfig {
             auth_failures_per_minute: 60,
             auth_failure_burst: 20,
             token_cache_ms: 1_000,
+            trace_url: None,
         }
     }
 }
@@ -146,6 +155,8 @@ pub struct AppState {
     artifacts: Option<Arc<ArtifactSetup>>,
     /// The built-in agents and where the relay publishes, for external agents.
     agent_bus: Option<Arc<AgentBus>>,
+    /// Commit notifications for the live timeline.
+    live: Arc<timeline::LiveFeed>,
 }
 
 /// The artifact contracts and what the running agents say about artifacts.
@@ -203,6 +214,7 @@ impl AppState {
             modes: None,
             artifacts: None,
             agent_bus: None,
+            live: Arc::default(),
         }
     }
 
@@ -315,6 +327,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(refuse_large_webhooks));
     let (routes, _described) = public.merge(webhook).merge(v1).split_for_parts();
     routes
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -22,8 +22,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    ApiError, AppState, agents, artifacts, events, github, messages, ops, plans, proposals, tokens,
-    workspaces,
+    ApiError, AppState, agents, artifacts, diff, events, github, messages, ops, plans, proposals,
+    roster, timeline, tokens, workspaces,
 };
 
 pub(crate) use shapes::*;
@@ -54,13 +54,18 @@ pub(crate) fn routes() -> Routes {
     let webhook = OpenApiRouter::new().routes(routes!(github::webhook));
     let events = OpenApiRouter::new().routes(routes!(events::post_events, events::list_events));
     let authenticated = OpenApiRouter::new()
-        .routes(routes!(workspaces::create))
+        .routes(routes!(workspaces::create, workspaces::list))
+        .routes(routes!(tokens::session))
+        .routes(routes!(timeline::read))
+        .routes(routes!(timeline::live))
+        .routes(routes!(timeline::show))
         .routes(routes!(workspaces::get))
         .routes(routes!(workspaces::put_settings))
         .routes(routes!(crate::list_schemas))
         .routes(routes!(crate::get_schema))
         .routes(routes!(proposals::create, proposals::list))
         .routes(routes!(proposals::show))
+        .routes(routes!(diff::diff))
         .routes(routes!(proposals::approve))
         .routes(routes!(proposals::reject))
         .routes(routes!(plans::submit, plans::list))
@@ -71,6 +76,8 @@ pub(crate) fn routes() -> Routes {
         .routes(routes!(crate::run_agent))
         .routes(routes!(agents::list))
         .routes(routes!(agents::register, agents::show))
+        .routes(routes!(roster::list))
+        .routes(routes!(roster::show))
         .routes(routes!(artifacts::list))
         .routes(routes!(artifacts::show))
         .routes(routes!(artifacts::content))
@@ -105,10 +112,11 @@ pub(crate) fn routes() -> Routes {
     tags(
         (name = "workspaces", description = "Workspaces, created and configured through events."),
         (name = "events", description = "The CloudEvents HTTP binding, the event log, and the schema catalog."),
+        (name = "timeline", description = "A workspace's events newest first, one event's causation chain, and the live tail (server-sent events)."),
         (name = "proposals", description = "Changes to a workspace's repository that a person approves or rejects."),
         (name = "plans", description = "Task graphs run by the orchestrator."),
         (name = "messages", description = "Messages to and between agents."),
-        (name = "agents", description = "External agents (registration, consumers) and asking an agent to run."),
+        (name = "agents", description = "Agents: the registry, external agents (registration, consumers), a workspace's agents and their memory, and asking an agent to run."),
         (name = "artifacts", description = "The artifact registry: versions, readers, staleness, content."),
         (name = "retrospectives", description = "Retrospectives, their action items, and metrics over time."),
         (name = "tokens", description = "API tokens (admin)."),

@@ -228,7 +228,11 @@ pub(crate) async fn list(
     Ok(Json(ProposalList { proposals }).into_response())
 }
 
-async fn load(state: &AppState, workspace: &Workspace, id: &str) -> Result<Proposal, ApiError> {
+pub(crate) async fn load(
+    state: &AppState,
+    workspace: &Workspace,
+    id: &str,
+) -> Result<Proposal, ApiError> {
     let missing = || ApiError::not_found(format!("proposal {id} does not exist"));
     let stream = StreamId::parse(&stream(id)).map_err(|_| missing())?;
     let events = state

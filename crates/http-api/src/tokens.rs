@@ -339,3 +339,70 @@ pub(crate) async fn revoke(
     tracing::info!(token.id = %revoked.id, by = %principal.name, "token revoked");
     Ok(Json(revoked).into_response())
 }
+
+/// Who the caller is, and what the server offers a client such as the dashboard.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionView {
+    /// The token's name.
+    name: String,
+    /// The token's id (never the token).
+    token_id: uuid::Uuid,
+    /// Its scope (`read`, `propose`, `approve`, `admin`).
+    #[schema(pattern = "^(read|propose|approve|admin)$")]
+    scope: &'static str,
+    /// Its one workspace; `null` for every workspace.
+    workspace: Option<String>,
+    /// What the token may do, spelled out for a client that shows or hides actions (the
+    /// server checks each request anyway).
+    can: Abilities,
+    /// `api.trace_url`: a trace viewer's address, `{trace_id}` standing for the id.
+    trace_url: Option<String>,
+}
+
+/// What a scope allows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Abilities {
+    /// Read everything of its workspaces.
+    read: bool,
+    /// Propose changes, submit plans, send messages.
+    propose: bool,
+    /// Approve and reject proposals, resolve escalations, start retrospectives.
+    approve: bool,
+    /// Tokens, settings, and (for every workspace) the ops routes.
+    admin: bool,
+    /// The ops routes: an admin token for every workspace.
+    ops: bool,
+}
+
+/// The caller's token
+///
+/// Its name, scope and workspace, what it may do, and the server's links for clients. Any
+/// live token.
+#[utoipa::path(
+    get,
+    path = "/v1/session",
+    tag = "tokens",
+    operation_id = "session",
+    responses((status = 200, description = "The caller's token", body = SessionView))
+)]
+pub(crate) async fn session(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Response {
+    let scope = principal.scope;
+    Json(SessionView {
+        can: Abilities {
+            read: scope >= Scope::Read,
+            propose: scope >= Scope::Propose,
+            approve: scope >= Scope::Approve,
+            admin: scope >= Scope::Admin,
+            ops: scope >= Scope::Admin && principal.workspace.is_none(),
+        },
+        name: principal.name,
+        token_id: principal.token_id,
+        scope: scope.as_str(),
+        workspace: principal.workspace,
+        trace_url: state.config.trace_url.clone(),
+    })
+    .into_response()
+}

@@ -31,6 +31,47 @@ fn view(event: &RecordedEvent) -> Value {
     view
 }
 
+/// The workspaces a token may see.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WorkspaceList {
+    /// Oldest first.
+    #[schema(value_type = Vec<crate::openapi::WorkspaceView>)]
+    workspaces: Vec<Value>,
+}
+
+/// Lists workspaces
+///
+/// Every workspace the token may see (one, for a workspace's token), oldest first, without
+/// settings. Scope `read`.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces",
+    tag = "workspaces",
+    operation_id = "list_workspaces",
+    responses((status = 200, description = "The workspaces", body = WorkspaceList))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let created = state
+        .store
+        .workspaces()
+        .await
+        .map_err(|e| ApiError::from_store(e, false))?;
+    let workspaces = created
+        .iter()
+        .filter(|e| {
+            principal
+                .workspace
+                .as_deref()
+                .is_none_or(|mine| mine == e.workspace.as_str())
+        })
+        .map(view)
+        .collect();
+    Ok(Json(WorkspaceList { workspaces }).into_response())
+}
+
 /// Creates a workspace
 ///
 /// The body is the data of `workspace.created.v1`, appended to the stream `workspace` of the
