@@ -6,14 +6,10 @@
 use std::sync::LazyLock;
 
 use axum::{
-    Router,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use sha2::{Digest as _, Sha256};
-
-use crate::AppState;
 
 /// One embedded file and its validator.
 struct Asset {
@@ -90,16 +86,45 @@ static STYLE: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
-/// `/`, `/ui/app.js` and `/ui/app.css`. No token is needed for them: they hold no data.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(|h: HeaderMap| async move { INDEX.serve(&h) }))
-        .route(
-            "/ui/app.js",
-            get(|h: HeaderMap| async move { SCRIPT.serve(&h) }),
-        )
-        .route(
-            "/ui/app.css",
-            get(|h: HeaderMap| async move { STYLE.serve(&h) }),
-        )
+/// The dashboard
+///
+/// Its page; it asks the API for everything with the token the user signs in with. No token
+/// needed (it holds no data).
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    operation_id = "dashboard",
+    responses((status = 200, description = "The dashboard's page", body = String, content_type = "text/html"))
+)]
+pub(crate) async fn index(headers: HeaderMap) -> Response {
+    INDEX.serve(&headers)
+}
+
+/// The dashboard's script
+///
+/// No token needed.
+#[utoipa::path(
+    get,
+    path = "/ui/app.js",
+    tag = "dashboard",
+    operation_id = "dashboard_script",
+    responses((status = 200, description = "The script", body = String, content_type = "text/javascript"))
+)]
+pub(crate) async fn script(headers: HeaderMap) -> Response {
+    SCRIPT.serve(&headers)
+}
+
+/// The dashboard's style sheet
+///
+/// No token needed.
+#[utoipa::path(
+    get,
+    path = "/ui/app.css",
+    tag = "dashboard",
+    operation_id = "dashboard_style",
+    responses((status = 200, description = "The style sheet", body = String, content_type = "text/css"))
+)]
+pub(crate) async fn style(headers: HeaderMap) -> Response {
+    STYLE.serve(&headers)
 }

@@ -327,7 +327,6 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(refuse_large_webhooks));
     let (routes, _described) = public.merge(webhook).merge(v1).split_for_parts();
     routes
-        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -22,8 +22,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    ApiError, AppState, agents, artifacts, diff, events, github, messages, ops, plans, proposals,
-    roster, timeline, tokens, workspaces,
+    ApiError, AppState, agents, artifacts, dashboard, diff, events, github, messages, ops, plans,
+    proposals, roster, timeline, tokens, workspaces,
 };
 
 pub(crate) use shapes::*;
@@ -50,7 +50,10 @@ pub(crate) fn routes() -> Routes {
         .routes(routes!(crate::healthz))
         .routes(routes!(crate::readyz))
         .routes(routes!(ops::metrics))
-        .routes(routes!(openapi_json));
+        .routes(routes!(openapi_json))
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style));
     let webhook = OpenApiRouter::new().routes(routes!(github::webhook));
     let events = OpenApiRouter::new().routes(routes!(events::post_events, events::list_events));
     let authenticated = OpenApiRouter::new()
@@ -123,6 +126,7 @@ pub(crate) fn routes() -> Routes {
         (name = "ops", description = "The operators' API and Prometheus metrics."),
         (name = "github", description = "GitHub webhook deliveries and their catch-up."),
         (name = "health", description = "Liveness, readiness, and this document."),
+        (name = "dashboard", description = "The web dashboard's three files (no data, no token)."),
     ),
     components(schemas(ApiError))
 )]

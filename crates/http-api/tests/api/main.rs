@@ -126,6 +126,33 @@ impl Api {
         (status, bytes)
     }
 
+    /// Sends a GET with the admin token and answers the status and headers without reading
+    /// the body (a stream that never ends, such as server-sent events), and the body itself.
+    pub(crate) async fn open(
+        &self,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, axum::http::HeaderMap, Body) {
+        let mut request = Request::builder().method("GET").uri(uri);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            request = request.header("authorization", format!("Bearer {TOKEN}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        (parts.status, parts.headers, body)
+    }
+
     pub(crate) async fn post_json(
         &self,
         uri: &str,
