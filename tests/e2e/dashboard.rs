@@ -390,6 +390,34 @@ async fn the_dashboard_shows_a_proposal_live_approves_it_and_the_commit_arrives_
     .await
     .unwrap();
 
+    // The roster counts the git agent's one commit here; the diff is now against the
+    // commit's parent, and still the same change.
+    let (status, git) = server
+        .request("GET", "/v1/workspaces/dash/agents/git", &[AUTH], "")
+        .await;
+    assert_eq!(status, 200, "{git}");
+    assert_eq!(git["emitted"], 1, "{git}");
+    assert_eq!(git["failed"], 0, "{git}");
+    assert!(git["last_handled"].is_string(), "{git}");
+    assert_eq!(git["subscribes"], json!(["proposal.approved.v1"]));
+    let (status, diff) = server
+        .request(
+            "GET",
+            &format!("/v1/workspaces/dash/proposals/{id}/diff"),
+            &[AUTH],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(diff["base"], format!("{sha}^"));
+    assert_eq!(
+        (
+            diff["files"][0]["added"].as_i64(),
+            diff["files"][0]["removed"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+
     // Every page renders (a screenshot of each), at a laptop's width and a phone's.
     let pages = [
         ("agents", "#/agents".to_owned()),

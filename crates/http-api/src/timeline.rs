@@ -102,6 +102,7 @@ pub(crate) struct EventDetail {
 }
 
 fn filter(
+    state: &AppState,
     workspace: Workspace,
     ty: Option<&str>,
     source: Option<&str>,
@@ -112,6 +113,13 @@ fn filter(
         .map(|t| EventType::parse(&t))
         .transpose()
         .map_err(|e| ApiError::from(e).at("/type"))?;
+    if let Some(ty) = &ty
+        && state.store.catalog().get(ty.as_str()).is_none()
+    {
+        return Err(
+            ApiError::bad_request(format!("{ty} is not in the schema catalog")).at("/type"),
+        );
+    }
     Ok(TimelineFilter {
         workspace,
         ty,
@@ -148,6 +156,7 @@ pub(crate) async fn read(
         .await?;
     let Query(query) = query?;
     let filter = filter(
+        &state,
         workspace,
         query.ty.as_deref(),
         query.source.as_deref(),
@@ -264,6 +273,7 @@ pub(crate) async fn live(
         .await?;
     let Query(query) = query?;
     let filter = filter(
+        &state,
         workspace,
         query.ty.as_deref(),
         query.source.as_deref(),

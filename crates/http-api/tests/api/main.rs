@@ -9,6 +9,7 @@ mod events;
 mod github;
 mod openapi;
 mod proposals;
+mod timeline;
 mod tokens;
 mod workspaces;
 
