@@ -337,9 +337,146 @@ async fn measure(
         10.0,
     );
 
+    // 7. The dashboard's pages, each as the browser loads it: its API requests at once.
+    settle(&http).await?;
+    for (page, figures) in dashboard_pages(&http, if args.quick { 20 } else { 200 }, quiet).await? {
+        report.latency(
+            &format!("Dashboard page `{page}` ({total} events in the store), one at a time"),
+            figures,
+            None,
+            200.0,
+        );
+    }
+
     let (rss, peak) = server.memory()?;
     report.memory(rss, peak, total);
     Ok(report)
+}
+
+/// Loads each dashboard page `rounds` times, one load at a time; a load is every API request
+/// the page makes, sent at once as the page does, and lasts until the last answer.
+async fn dashboard_pages(
+    http: &Http,
+    rounds: u64,
+    quiet: bool,
+) -> anyhow::Result<Vec<(&'static str, Figures)>> {
+    let get = |uri: String| {
+        let http = http.clone();
+        async move {
+            let body = http
+                .ok("GET", &uri, "application/json", Bytes::new())
+                .await?;
+            anyhow::Ok(body)
+        }
+    };
+    let json = |b: Bytes| -> anyhow::Result<Value> { Ok(serde_json::from_slice(&b)?) };
+    let ws = "/v1/workspaces/bench";
+    let newest = json(get(format!("{ws}/timeline?limit=1")).await?)?;
+    let event = &newest["events"][0];
+    let sequence = event["sequence"]
+        .as_i64()
+        .context("an event in the timeline")?;
+    let correlation = event["correlationid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let proposals = json(get(format!("{ws}/proposals?limit=1")).await?)?;
+    let proposal = proposals["proposals"][0]["id"]
+        .as_str()
+        .context("a proposal")?
+        .to_owned();
+    let pages: Vec<(&'static str, Vec<String>)> = vec![
+        (
+            "/ (the page itself)",
+            vec![
+                "/".into(),
+                "/ui/app.js".into(),
+                "/v1/session".into(),
+                "/v1/workspaces".into(),
+            ],
+        ),
+        (
+            "timeline",
+            vec![
+                "/v1/schemas".into(),
+                format!("{ws}/agents"),
+                format!("{ws}/timeline?limit=50"),
+            ],
+        ),
+        (
+            "timeline, one rare type",
+            vec![format!("{ws}/timeline?limit=50&type=proposal.created.v1")],
+        ),
+        (
+            "timeline, one source",
+            vec![format!("{ws}/timeline?limit=50&source=/api")],
+        ),
+        (
+            "timeline, one correlation",
+            vec![format!("{ws}/timeline?limit=50&correlation={correlation}")],
+        ),
+        (
+            "timeline, 20th page back",
+            vec![format!(
+                "{ws}/timeline?limit=50&before={}",
+                sequence - 1_000
+            )],
+        ),
+        (
+            "event and its chain",
+            vec![format!("{ws}/timeline/{sequence}")],
+        ),
+        (
+            "proposals",
+            vec![
+                format!("{ws}/proposals?status=pending&limit=200"),
+                format!("{ws}/proposals?limit=100"),
+            ],
+        ),
+        (
+            "proposal with diff",
+            vec![
+                format!("{ws}/proposals/{proposal}"),
+                format!("{ws}/proposals/{proposal}/diff"),
+            ],
+        ),
+        (
+            "agents",
+            vec![format!("{ws}/agents"), "/v1/ops/status".into()],
+        ),
+        (
+            "agent",
+            vec![format!("{ws}/agents/strategy"), "/v1/ops/status".into()],
+        ),
+        ("artifacts", vec![format!("{ws}/artifacts")]),
+        (
+            "retrospectives",
+            vec![
+                format!("{ws}/retrospectives?limit=50"),
+                format!("{ws}/metrics"),
+            ],
+        ),
+        ("workflows", vec![format!("{ws}/plans?limit=100")]),
+        (
+            "ops",
+            vec!["/v1/ops/status".into(), "/v1/ops/dead-letters".into()],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (page, uris) in pages {
+        let bar = progress(quiet, rounds, &format!("dashboard: {page}"));
+        let started = Instant::now();
+        let mut samples = Vec::with_capacity(rounds as usize);
+        for _ in 0..rounds {
+            let load = Instant::now();
+            futures::future::try_join_all(uris.iter().map(|u| get(u.clone()))).await?;
+            samples.push(load.elapsed());
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        out.push((page, Figures::new(rounds, started.elapsed(), samples)));
+    }
+    Ok(out)
 }
 
 /// Waits until the server is idle: the relay and every projection caught up with the store
