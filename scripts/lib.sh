@@ -171,6 +171,19 @@ ensure_cargo() {
 
 # A venv under the shared cache with docs/examples/python-agent/requirements.txt installed
 # (from PyPI, once per change of the file); exports SWITCHYARD_PYTHON, its python.
+# Headless Chromium and its WebDriver, for the dashboard's browser tests: Debian's
+# `chromium` and `chromium-driver`, installed when either is missing.
+ensure_chromium() {
+    if ! command -v chromedriver >/dev/null 2>&1 ||
+        ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+        sy_log "chromium: not installed, installing Debian's chromium and chromium-driver"
+        _sy_apt_install chromium chromium-driver
+    fi
+    command -v chromedriver >/dev/null 2>&1 ||
+        sy_die "chromium: chromedriver still not found after the install"
+    sy_log "chromium: $(chromedriver --version 2>/dev/null | cut -d' ' -f1-2)"
+}
+
 ensure_example_python() {
     local cache="${SWITCHYARD_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/switchyard}"
     local venv="$cache/example-venv"

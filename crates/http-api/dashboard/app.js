@@ -304,6 +304,11 @@ function route() {
       fill(main, ...[nodes].flat());
       const title = main.querySelector('h1');
       document.title = `${title ? title.textContent : 'Switchyard'} · Switchyard`;
+      // Screen readers and keyboards start at the new page's heading.
+      if (title && !main.contains(document.activeElement)) {
+        title.setAttribute('tabindex', '-1');
+        title.focus({ preventScroll: true });
+      }
     })
     .catch((e) => {
       if (view.signal.aborted) return;
