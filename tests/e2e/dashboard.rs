@@ -534,3 +534,91 @@ async fn a_read_token_sees_no_approve_button_and_the_server_refuses_it_anyway() 
     server.stop().await;
     let _ = std::fs::remove_dir_all(repo);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_is_drawn_as_a_graph_and_an_escalation_is_resolved_from_its_page() {
+    use crate::workflows::{Fixture, task};
+
+    let fixture = Fixture::new();
+    let server = fixture.server().await;
+    let plan = json!({
+        "id": "drawn", "title": "A change the reviewer never likes",
+        "tasks": [
+            {"id": "feature", "title": "Implement the export", "role": "coder",
+             "review": {"reviewer_role": "reviewer", "max_cycles": 1}},
+            {"id": "docs", "title": "Document the export", "role": "coder",
+             "depends_on": ["feature"]},
+        ],
+    });
+    let (status, made) = server.submit_plan(&plan).await;
+    assert_eq!(status, 201, "{made}");
+    server
+        .wait_plan("drawn", 90, |p| task(p, "feature")["status"] == "escalated")
+        .await;
+
+    let browser = Browser::start(&format!("http://{}/", server.address), "workflows").await;
+    browser.sign_in(crate::TOKEN).await;
+    browser.open("#/workflows").await;
+    browser.wait_for("tr[data-plan='drawn']").await;
+    browser.shot("workflows").await;
+    browser.open("#/workflows/drawn").await;
+    browser.wait_for("[data-live='on']").await;
+    browser.mark("plan").await;
+    // The graph: both tasks, the escalated one marked, its review counter, the dependency.
+    browser
+        .wait_for("svg.graph g.s-escalated[data-task='feature']")
+        .await;
+    browser
+        .wait_for("svg.graph g.s-waiting[data-task='docs']")
+        .await;
+    assert_eq!(browser.count("svg.graph path.dep").await, 1);
+    let label = browser
+        .client
+        .execute(
+            "return document.querySelector(\"svg.graph g[data-task='feature']\").textContent",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        label.as_str().unwrap().contains("review cycle 1 of 1"),
+        "{label}"
+    );
+    browser.shot("workflow-escalated").await;
+
+    // Skip it from the page: the dependant runs, and the page shows it done, live.
+    browser
+        .wait_for("#escalations [data-escalated='feature'] [data-action='skip']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("svg.graph g.s-skipped[data-task='feature']")
+        .await;
+    browser
+        .wait_for("svg.graph g.s-done[data-task='docs']")
+        .await;
+    browser
+        .wait_for("#plan .badge[data-status='succeeded']")
+        .await;
+    assert!(browser.same_page("plan").await, "the plan page reloaded");
+    assert_eq!(browser.count("#escalations").await, 0);
+    browser.shot("workflow-done").await;
+
+    let mut db = server.db().await;
+    let resolved: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT data->>'action', data->>'task_id' FROM events
+         WHERE workspace = 'wf' AND type = 'task.resolved.v1'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        resolved,
+        [(Some("skip".to_owned()), Some("feature".to_owned()))]
+    );
+
+    browser.close().await;
+    server.stop().await;
+}

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{AUTH, Server};
 
 /// A work area: the scripts that stand in for agents, a git repository, the configuration.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: PathBuf,
 }
 
@@ -44,7 +44,7 @@ printf '{"verdict":"changes_requested","message":"add a test for the empty input
 "#;
 
 impl Fixture {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = std::env::temp_dir().join(switchyard_testkit::unique("sy-wf-"));
         let repo = dir.join("repo");
         std::fs::create_dir_all(&repo).unwrap();
@@ -125,7 +125,7 @@ env = {{ LOG = "{log}" }}
         std::fs::write(self.dir.join("gate"), "").unwrap();
     }
 
-    async fn server(&self) -> Server {
+    pub(crate) async fn server(&self) -> Server {
         let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let config = self.dir.join("switchyard.toml");
         let server = Server::start_with(
@@ -153,7 +153,7 @@ impl Drop for Fixture {
 }
 
 impl Server {
-    async fn submit_plan(&self, plan: &Value) -> (u16, Value) {
+    pub(crate) async fn submit_plan(&self, plan: &Value) -> (u16, Value) {
         self.request(
             "POST",
             "/v1/workspaces/wf/plans",
@@ -164,7 +164,12 @@ impl Server {
     }
 
     /// Polls a plan until `done` holds (up to `secs`); returns it as last seen.
-    async fn wait_plan(&self, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_plan(
+        &self,
+        id: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut plan = Value::Null;
         for _ in 0..secs * 10 {
             let (status, shown) = self
@@ -192,7 +197,7 @@ impl Server {
     }
 }
 
-fn task<'a>(plan: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn task<'a>(plan: &'a Value, id: &str) -> &'a Value {
     plan["tasks"]
         .as_array()
         .unwrap()

@@ -962,29 +962,39 @@ impl AgentRuntime {
 
     /// Every consumer's state.
     pub async fn status(&self) -> Result<Vec<ConsumerStatus>> {
+        // One stream lookup, then every consumer's info at once: one round trip's latency
+        // for all of them rather than three per consumer, one after the other.
+        let stream = self.jetstream.get_stream(&self.stream).await.ok();
         let mut out = Vec::new();
         for agent in &self.agents {
             let name = &agent.manifest().name;
-            let last_handled: Option<chrono::DateTime<chrono::Utc>> =
-                sqlx::query_scalar("SELECT max(handled_at) FROM agent_handled WHERE agent = $1")
-                    .bind(name)
-                    .fetch_one(self.store.pool())
-                    .await?;
-            for ty in &agent.manifest().subscribes {
+            // The newest handled row by the primary key, backwards: one index entry, however
+            // many events the agent handled (`max(handled_at)` read them all).
+            let last_handled: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                "SELECT handled_at FROM agent_handled WHERE agent = $1
+                 ORDER BY event_position DESC LIMIT 1",
+            )
+            .bind(name)
+            .fetch_optional(self.store.pool())
+            .await?;
+            let infos = futures::future::join_all(agent.manifest().subscribes.iter().map(|ty| {
                 let consumer = consumer_name(name, ty);
-                let (pending, ack_pending, redelivered) =
-                    match self.jetstream.get_stream(&self.stream).await {
-                        Ok(stream) => match stream.get_consumer::<pull::Config>(&consumer).await {
-                            Ok(mut c) => match c.info().await {
-                                Ok(info) => {
-                                    (info.num_pending, info.num_ack_pending, info.num_redelivered)
-                                }
-                                Err(_) => (0, 0, 0),
-                            },
+                let stream = stream.as_ref();
+                async move {
+                    let figures = match stream {
+                        Some(stream) => match stream.consumer_info(&consumer).await {
+                            Ok(info) => {
+                                (info.num_pending, info.num_ack_pending, info.num_redelivered)
+                            }
                             Err(_) => (0, 0, 0),
                         },
-                        Err(_) => (0, 0, 0),
+                        None => (0, 0, 0),
                     };
+                    (ty, consumer, figures)
+                }
+            }))
+            .await;
+            for (ty, consumer, (pending, ack_pending, redelivered)) in infos {
                 out.push(ConsumerStatus {
                     agent: name.clone(),
                     event_type: ty.to_string(),

@@ -800,14 +800,27 @@ impl RunnerAgent {
 /// Commits what the run changed and points the plan task's branch at it; the commit (HEAD,
 /// unchanged when nothing changed) and the files.
 async fn commit(tree: &Path, data: &Value) -> Result<(String, Vec<String>), String> {
-    let status = git(tree, &["status", "--porcelain", "--untracked-files=all"]).await?;
-    let files: Vec<String> = status
+    // Staged, then named by `diff --cached`: a path per line, whatever its status (parsing
+    // `status --porcelain` lost the first path's first letter once its leading space was
+    // trimmed).
+    git(tree, &["add", "-A"]).await?;
+    let staged = git(
+        tree,
+        &[
+            "-c",
+            "core.quotepath=off",
+            "diff",
+            "--cached",
+            "--name-only",
+        ],
+    )
+    .await?;
+    let files: Vec<String> = staged
         .lines()
-        .filter_map(|l| l.get(3..))
-        .map(|f| f.rsplit(" -> ").next().unwrap_or(f).to_owned())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
         .collect();
     if !files.is_empty() {
-        git(tree, &["add", "-A"]).await?;
         let message = format!(
             "{}\n\nPlan: {}\nTask: {}\nAttempt: {}\n",
             field(data, "title"),
@@ -917,5 +930,45 @@ impl Agent for RunnerAgent {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+    use super::*;
+
+    /// A modified file's path comes back whole, first or not (`status --porcelain` starts a
+    /// modified file's line with a space, which trimming the output once ate).
+    #[tokio::test]
+    async fn a_commit_names_every_changed_file_whole() {
+        let dir = std::env::temp_dir().join(format!("sy-runner-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("notes")).unwrap();
+        git(&dir, &["init", "--quiet", "--initial-branch=main"])
+            .await
+            .unwrap();
+        std::fs::write(dir.join("notes/intro.md"), "one\n").unwrap();
+        git(&dir, &["add", "-A"]).await.unwrap();
+        git(&dir, &["commit", "--quiet", "-m", "init"])
+            .await
+            .unwrap();
+
+        std::fs::write(dir.join("notes/intro.md"), "two\n").unwrap();
+        std::fs::write(dir.join("new file.md"), "new\n").unwrap();
+        let data = json!({"title": "t", "plan_id": "p", "task_id": "a", "root_task_id": "a", "attempt": 1});
+        let (sha, files) = commit(&dir, &data).await.unwrap();
+        assert_eq!(files, ["new file.md", "notes/intro.md"]);
+        assert_eq!(sha, git(&dir, &["rev-parse", "HEAD"]).await.unwrap());
+        assert_eq!(
+            git(&dir, &["rev-parse", "switchyard/plan/p/a"])
+                .await
+                .unwrap(),
+            sha
+        );
+        // Nothing changed: no commit, no files.
+        let (again, files) = commit(&dir, &data).await.unwrap();
+        assert_eq!((again, files.len()), (sha, 0));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -361,9 +361,16 @@ pages.timeline = async ({ query, signal }) => {
   const field = (label, control) => h('label', { class: 'field' }, label, control);
   const typeSelect = h('select', { name: 'type' }, h('option', { value: '' }, 'any type'),
     schemas.schemas.map((s) => h('option', { value: s.type, selected: s.type === filters.type }, s.type)));
-  const sourceSelect = h('select', { name: 'source' }, h('option', { value: '' }, 'any source'),
-    h('option', { value: '/api', selected: filters.source === '/api' }, 'the API (people)'),
-    roster.agents.map((a) => h('option', { value: `/agents/${a.name}`, selected: filters.source === `/agents/${a.name}` }, `agent ${a.name}`)));
+  // Any source may be typed; the agents, the API, the scheduler and GitHub are offered.
+  const sourceSelect = h('input', { name: 'source', value: filters.source, placeholder: 'any source', list: 'sources', size: 22 });
+  const sources = h('datalist', { id: 'sources' },
+    h('option', { value: '/api' }, 'people, through the API'),
+    (() => {
+      const repo = app.workspaces.find((w) => w.id === app.workspace)?.repository;
+      return repo?.kind === 'github' ? h('option', { value: `/github/${repo.owner}/${repo.repo}` }, 'GitHub webhooks') : null;
+    })(),
+    h('option', { value: '/scheduler' }, 'the scheduler'),
+    roster.agents.map((a) => h('option', { value: `/agents/${a.name}` }, `agent ${a.name}`)));
   const correlation = h('input', { name: 'correlation', value: filters.correlation, placeholder: 'correlation id', size: 36 });
   const form = h('form', {
     class: 'filters', role: 'search',
@@ -371,11 +378,11 @@ pages.timeline = async ({ query, signal }) => {
       ev.preventDefault();
       const q = new URLSearchParams();
       if (typeSelect.value) q.set('type', typeSelect.value);
-      if (sourceSelect.value) q.set('source', sourceSelect.value);
+      if (sourceSelect.value.trim()) q.set('source', sourceSelect.value.trim());
       if (correlation.value.trim()) q.set('correlation', correlation.value.trim());
       go(`#/timeline${q.toString() ? `?${q}` : ''}`);
     },
-  }, field('Type', typeSelect), field('Source', sourceSelect), field('Correlation', correlation),
+  }, field('Type', typeSelect), field('Source', sourceSelect), sources, field('Correlation', correlation),
   h('button', { type: 'submit' }, 'Filter'),
   (filters.type || filters.source || filters.correlation) ? h('a', { href: '#/timeline' }, 'clear') : null);
 

@@ -405,9 +405,12 @@ impl EventStore {
                 .push(" AND correlation_id = ")
                 .push_bind(correlation.as_str());
         }
+        // The limit is written into the statement: a generic plan with `LIMIT $n` assumes a
+        // tenth of the table and sorted a bitmap scan of it (55 ms at 100 000 events for a
+        // page of 50 after 5 runs of the same statement); with a known limit it walks the
+        // index backwards and stops.
         query
-            .push(" ORDER BY position DESC LIMIT ")
-            .push_bind(i64::from(limit))
+            .push(format_args!(" ORDER BY position DESC LIMIT {limit}"))
             .push(") e ON true");
         let rows: Vec<PgRow> = query.build().fetch_all(&self.pool).await?;
 
