@@ -673,8 +673,9 @@ function actionItems(items) {
 
 function deadLetters(list, signal) {
   return table(['Agent', 'Event', 'Type', '#Deliveries', 'Error', 'Failed', ''], list.map((d) => h('tr', { 'data-dead-letter': d.id },
-    h('td', {}, d.agent),
-    h('td', { class: 'num' }, d.event_position !== undefined ? h('a', { href: `#/event/${d.event_position}` }, d.event_position) : '—'),
+    h('td', {}, d.agent, d.workspace && d.workspace !== app.workspace ? h('div', { class: 'muted' }, `in ${d.workspace}`) : null),
+    h('td', { class: 'num' }, d.event_position === undefined ? '—'
+      : (!d.workspace || d.workspace === app.workspace) ? h('a', { href: `#/event/${d.event_position}` }, d.event_position) : d.event_position),
     h('td', { class: 'mono' }, d.event_type),
     h('td', { class: 'num' }, d.deliveries),
     h('td', {}, h('code', {}, d.error)),
