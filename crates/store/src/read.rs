@@ -398,7 +398,10 @@ impl EventStore {
             query.push(" AND type = ").push_bind(ty.as_str());
         }
         if let Some(source) = &filter.source {
-            query.push(" AND source = ").push_bind(source.as_str());
+            // The collation of events_timeline_source (see its migration).
+            query
+                .push(" AND source COLLATE \"C\" = ")
+                .push_bind(source.as_str());
         }
         if let Some(correlation) = &filter.correlation_id {
             query
