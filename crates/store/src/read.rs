@@ -388,7 +388,8 @@ impl EventStore {
              SELECT w.xmin::text::int8 AS watermark, e.*
              FROM w LEFT JOIN LATERAL (SELECT ",
             event_columns!(""),
-            " FROM events WHERE transaction_id < w.xmin AND workspace = "
+            // The collation of the events_timeline* indexes (see their migration).
+            " FROM events WHERE transaction_id < w.xmin AND workspace COLLATE \"C\" = "
         ));
         query.push_bind(filter.workspace.as_str());
         if let Some(before) = before {
@@ -398,10 +399,7 @@ impl EventStore {
             query.push(" AND type = ").push_bind(ty.as_str());
         }
         if let Some(source) = &filter.source {
-            // The collation of events_timeline_source (see its migration).
-            query
-                .push(" AND source COLLATE \"C\" = ")
-                .push_bind(source.as_str());
+            query.push(" AND source = ").push_bind(source.as_str());
         }
         if let Some(correlation) = &filter.correlation_id {
             query
