@@ -106,22 +106,7 @@ impl Api {
         headers: &[(&str, &str)],
         body: impl Into<Body>,
     ) -> (StatusCode, axum::body::Bytes) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if !headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
-        {
-            request = request.header("authorization", format!("Bearer {TOKEN}"));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(body.into()).unwrap())
-            .await
-            .unwrap();
+        let response = self.respond(method, uri, headers, body.into()).await;
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, bytes)
@@ -134,7 +119,20 @@ impl Api {
         uri: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, axum::http::HeaderMap, Body) {
-        let mut request = Request::builder().method("GET").uri(uri);
+        let response = self.respond("GET", uri, headers, Body::empty()).await;
+        let (parts, body) = response.into_parts();
+        (parts.status, parts.headers, body)
+    }
+
+    /// The router's response, with the admin token unless `headers` names another.
+    async fn respond(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> axum::response::Response {
+        let mut request = Request::builder().method(method).uri(uri);
         if !headers
             .iter()
             .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
@@ -144,14 +142,11 @@ impl Api {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = self
-            .router
+        self.router
             .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
+            .oneshot(request.body(body).unwrap())
             .await
-            .unwrap();
-        let (parts, body) = response.into_parts();
-        (parts.status, parts.headers, body)
+            .unwrap()
     }
 
     pub(crate) async fn post_json(
