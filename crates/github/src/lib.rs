@@ -342,6 +342,35 @@ mod tests {
         dir
     }
 
+    /// A file's text at a revision; nothing for a missing file or revision; paths outside
+    /// the repository and options posing as revisions are refused.
+    #[tokio::test]
+    async fn read_at_reads_a_revision_and_refuses_what_leaves_the_repository() {
+        let dir = repo().await;
+        assert_eq!(
+            read_at(&dir, "HEAD", "README.md").await.unwrap().as_deref(),
+            Some("# Demo\n")
+        );
+        assert_eq!(read_at(&dir, "HEAD", "missing.md").await.unwrap(), None);
+        assert_eq!(read_at(&dir, "HEAD^", "README.md").await.unwrap(), None);
+        for path in ["../README.md", "/etc/passwd", "", "a/../../b"] {
+            assert!(
+                matches!(
+                    read_at(&dir, "HEAD", path).await,
+                    Err(GitError::PathOutside(_))
+                ),
+                "{path:?}"
+            );
+        }
+        for revision in ["--output=/tmp/x", "HEAD:README.md"] {
+            assert!(
+                read_at(&dir, revision, "README.md").await.is_err(),
+                "{revision:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn request(key: &str, changes: Vec<FileChange>) -> CommitRequest {
         CommitRequest {
             key: key.into(),
