@@ -182,7 +182,27 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("plan {id} did not get there within {secs} s: {plan:#}");
+        // The short view first: a long plan is cut off in CI's output.
+        let tasks: Vec<String> = plan["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                format!(
+                    "{} {} attempts={} started={}",
+                    t["id"], t["status"], t["attempts"], t["current_run"]["started_at"]
+                )
+            })
+            .collect();
+        let letters: Vec<(String, String)> =
+            sqlx::query_as("SELECT agent, error FROM dead_letters ORDER BY failed_at")
+                .fetch_all(&mut self.db().await)
+                .await
+                .unwrap_or_default();
+        panic!(
+            "plan {id} did not get there within {secs} s: {} {tasks:#?}\ndead letters: {letters:?}\n{plan:#}",
+            plan["status"]
+        );
     }
 
     /// `(data, time)` of the workspace's events of type `ty`, in store order.

@@ -422,24 +422,37 @@ impl AgentRuntime {
             .map_err(js)?
             .ready_chunks(self.config.batch.max(1));
         let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
+        let ended = loop {
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break Ok(()),
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 batch = batches.next(), if in_flight.len() < concurrency => {
                     let Some(batch) = batch else {
-                        return Err(Error::JetStream("the consumer's message stream ended".into()));
+                        break Err(Error::JetStream("the consumer's message stream ended".into()));
                     };
+                    // The deliveries before an error are handled; the rest come again.
                     let mut messages = Vec::with_capacity(batch.len());
+                    let mut failed = None;
                     for message in batch {
-                        messages.push(message.map_err(js)?);
+                        match message {
+                            Ok(message) if failed.is_none() => messages.push(message),
+                            Ok(_) => {}
+                            Err(e) => failed = failed.or(Some(js(e))),
+                        }
                     }
-                    in_flight.push(self.process(agent, messages, shutdown));
+                    if !messages.is_empty() {
+                        in_flight.push(self.process(agent, messages, shutdown));
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
                 }
             }
-        }
+        };
+        // Batches under way finish (and are acknowledged) before the consumer is restarted:
+        // dropped half-way, they would only come back after the ack wait.
         while in_flight.next().await.is_some() {}
-        Ok(())
+        ended
     }
 
     /// Long work: each of `slots` pulls one message only when it is free, so that this
@@ -452,33 +465,45 @@ impl AgentRuntime {
         slots: usize,
         shutdown: &CancellationToken,
     ) -> Result<()> {
+        // One slot's pull failing stops the others' pulls, not their work: a run under way
+        // finishes and is acknowledged before the consumer is restarted. (Dropped, it would
+        // be delivered again only after its ack wait, and its work would be lost.)
+        let stop_pulling = shutdown.child_token();
         let slot = || async {
-            while !shutdown.is_cancelled() {
-                let mut batch = consumer
-                    .batch()
-                    .max_messages(1)
-                    .expires(Duration::from_secs(5))
-                    .messages()
-                    .await
-                    .map_err(js)?;
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    next = batch.next() => next,
+            while !stop_pulling.is_cancelled() {
+                let pulled = tokio::select! {
+                    () = stop_pulling.cancelled() => return Ok(()),
+                    pulled = async {
+                        let mut batch = consumer
+                            .batch()
+                            .max_messages(1)
+                            .expires(Duration::from_secs(5))
+                            .messages()
+                            .await
+                            .map_err(js)?;
+                        batch.next().await.transpose().map_err(js)
+                    } => pulled,
                 };
-                match next {
-                    Some(Ok(message)) => self.process(agent, vec![message], shutdown).await,
-                    Some(Err(e)) => return Err(js(e)),
-                    None => {} // the pull expired empty: ask again
+                match pulled {
+                    Ok(Some(message)) => self.process(agent, vec![message], shutdown).await,
+                    Ok(None) => {} // the pull expired empty: ask again
+                    Err(e) => {
+                        stop_pulling.cancel();
+                        return Err(e);
+                    }
                 }
             }
             Ok(())
         };
         let mut running: futures::stream::FuturesUnordered<_> =
             (0..slots).map(|_| slot()).collect();
+        let mut first_error = None;
         while let Some(result) = running.next().await {
-            result?;
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Handles a batch of deliveries in one transaction, each event under a savepoint of its
@@ -714,17 +739,19 @@ impl AgentRuntime {
                 return Outcome::Retry;
             }
         }
+        // Aborted when the work ends, and also when this future is dropped half-way (at
+        // shutdown): a keep-alive outliving its work would hold the delivery forever.
         let keep_alive = {
             let message = message.clone();
             let every = Duration::from_millis((self.config.ack_wait_secs * 1000 / 3).max(100));
-            tokio::spawn(async move {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     if message.ack_with(AckKind::Progress).await.is_err() {
                         tracing::debug!("cannot tell JetStream the work is in progress");
                     }
                 }
-            })
+            }))
         };
         let context = self.work_context(agent, event, shutdown);
         let started = std::time::Instant::now();
@@ -738,7 +765,7 @@ impl AgentRuntime {
         );
         switchyard_telemetry::continue_from(&span, event.traceparent.as_deref());
         let output = agent.work(&context, event).instrument(span).await;
-        keep_alive.abort();
+        drop(keep_alive);
         switchyard_telemetry::metrics()
             .handle_time(&agent.manifest().name, started.elapsed().as_secs_f64());
         match output {

@@ -15,7 +15,8 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchyard_agent_runtime::{
-    Agent, AgentRuntime, Context, HandlerError, Manifest, RuntimeConfig,
+    Agent, AgentRuntime, Context, HandlerError, Manifest, RuntimeConfig, WorkContext,
+    consumer_name, ensure_consumer,
 };
 use switchyard_events::{Catalog, EventType, NewEvent, RecordedEvent, Source, StreamId, Workspace};
 use switchyard_relay::{Relay, RelayConfig};
@@ -137,13 +138,17 @@ impl Setup {
     }
 
     fn runtime(&self, agent: Arc<Echo>, config: RuntimeConfig) -> AgentRuntime {
+        self.runtime_of(agent, config)
+    }
+
+    fn runtime_of(&self, agent: Arc<dyn Agent>, config: RuntimeConfig) -> AgentRuntime {
         AgentRuntime::new(
             self.store.clone(),
             self.client.clone(),
             &self.relay.stream,
             &self.relay.subject_prefix,
             config,
-            vec![agent as Arc<dyn Agent>],
+            vec![agent],
         )
     }
 
@@ -459,4 +464,121 @@ async fn nats_down_and_back_loses_nothing_and_repeats_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM agent_handled").await, 90);
     assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
     setup.shutdown.cancel();
+}
+
+/// Long work that takes `seconds`; counts the runs it starts and the ones it finishes.
+struct Slow {
+    manifest: Manifest,
+    seconds: u64,
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+impl Agent for Slow {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn long_running(&self) -> bool {
+        true
+    }
+
+    fn work<'a>(
+        &'a self,
+        _work: &'a WorkContext,
+        _event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<Value, HandlerError>> {
+        Box::pin(async move {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(self.seconds)).await;
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            Ok(json!({"slept": self.seconds}))
+        })
+    }
+
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a mut Context<'_>,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let id = event.data["retrospective_id"].as_str().unwrap_or_default();
+            ctx.emit(
+                "retrospective.completed.v1",
+                &format!("retrospective/{id}"),
+                json!({"retrospective_id": id, "metrics": {}, "insights": [], "action_items": []}),
+            )
+        })
+    }
+}
+
+/// A long run outlives the ack wait and, while it runs, another slot's pull fails (the
+/// consumer takes one waiting pull at most, so a third slot's is refused with a 409). The run
+/// is not dropped half-way with its keep-alive left behind holding the delivery: it finishes,
+/// is acknowledged and handled once, while the consumer restarts around it.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_failed_pull_beside_a_long_run_neither_drops_nor_strands_it(pool: PgPool) {
+    let setup = Setup::new(&pool).await;
+    let ty = EventType::parse("retrospective.trigger.v1").unwrap();
+    let agent = Arc::new(Slow {
+        manifest: Manifest {
+            produces: Vec::new(),
+            consumes: Vec::new(),
+            name: "slow".into(),
+            version: "1.0.0".into(),
+            capabilities: vec!["testing".into()],
+            subscribes: vec![ty.clone()],
+            emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
+        },
+        seconds: 3,
+        started: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+    });
+    let config = RuntimeConfig {
+        ack_wait_secs: 1,
+        concurrency: 3,
+        ..fast()
+    };
+    // The runtime's own consumer, made again with room for one waiting pull.
+    let js = async_nats::jetstream::new(setup.client.clone());
+    let mut consumer = ensure_consumer(
+        &js,
+        &setup.relay.stream,
+        &setup.relay.subject_prefix,
+        "slow",
+        &ty,
+        &config,
+    )
+    .await
+    .unwrap();
+    let mut narrow = consumer.info().await.unwrap().config.clone();
+    narrow.max_waiting = 1;
+    let stream = js.get_stream(&setup.relay.stream).await.unwrap();
+    stream
+        .delete_consumer(&consumer_name("slow", &ty))
+        .await
+        .unwrap();
+    stream.create_consumer(narrow).await.unwrap();
+
+    setup.trigger("long").await;
+    tokio::spawn(
+        setup
+            .runtime_of(Arc::clone(&agent) as Arc<dyn Agent>, config)
+            .run(setup.shutdown.clone()),
+    );
+    wait_for(&pool, COMPLETED, 1).await;
+    // Long enough for a stranded or dropped run to show: two ack waits and a restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&pool, COMPLETED).await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM agent_handled").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        (
+            agent.started.load(Ordering::SeqCst),
+            agent.finished.load(Ordering::SeqCst)
+        ),
+        (1, 1),
+        "the run was neither cut short nor run again"
+    );
+    setup.teardown().await;
 }
