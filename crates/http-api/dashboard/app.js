@@ -349,6 +349,8 @@ pages.timeline = async ({ query, signal }) => {
   const tbody = h('tbody', { id: 'timeline-rows' }, page.events.map((e) => eventRow(e, select)));
   const live = liveBadge();
   let older = page.older;
+  // A narrowed page looks a bounded window back: a short page with a cursor means "search on".
+  const moreLabel = (p) => (p.events.length < 50 ? `Search further back (before #${p.older})` : 'Older events');
   const more = h('button', {
     type: 'button', class: 'quiet', hidden: !older,
     onclick: async () => {
@@ -356,8 +358,9 @@ pages.timeline = async ({ query, signal }) => {
       tbody.append(...next.events.map((e) => eventRow(e, select)));
       older = next.older;
       more.hidden = !older;
+      if (older) more.textContent = moreLabel(next);
     },
-  }, 'Older events');
+  }, older ? moreLabel(page) : 'Older events');
   const field = (label, control) => h('label', { class: 'field' }, label, control);
   const typeSelect = h('select', { name: 'type' }, h('option', { value: '' }, 'any type'),
     schemas.schemas.map((s) => h('option', { value: s.type, selected: s.type === filters.type }, s.type)));

@@ -318,8 +318,9 @@ impl Wakeups {
     }
 }
 
-/// Which events a timeline read returns: one workspace's, optionally narrowed. Each narrowing
-/// has an index of its own (`events_timeline*`), walked backwards.
+/// Which events a timeline read returns: one workspace's, optionally narrowed. The workspace
+/// and a correlation have indexes of their own (`events_timeline*`), walked backwards; a type
+/// or a source is looked for in a bounded window of positions ([`TIMELINE_WINDOW`]).
 #[derive(Debug, Clone)]
 pub struct TimelineFilter {
     /// The workspace.
@@ -369,9 +370,19 @@ pub struct TimelinePage {
     pub live_from: Cursor,
 }
 
+/// How many positions back one timeline page narrowed to a type or a source (and not to a
+/// correlation) looks: the workspace's index is walked backwards over at most this window, so
+/// a page costs the same however large the store, and a short page (even an empty one) may
+/// say that there is more further back. Indexes by type and by source would answer any
+/// narrowing from one walk, but every append would pay for two more index entries: measured
+/// in `docs/benchmarks.md`, the agent path's latency grew by more than the dashboard gains.
+pub const TIMELINE_WINDOW: i64 = 100_000;
+
 impl EventStore {
     /// Reads up to `limit` of a workspace's events below position `before` (`None`: the
-    /// newest), newest first. Only events of transactions older than every transaction still
+    /// newest), newest first. Narrowed to a type or a source only, it looks
+    /// [`TIMELINE_WINDOW`] positions back at most; [`TimelinePage::older`] then says where to
+    /// go on when the window ran out before the page was full. Only events of transactions older than every transaction still
     /// running are returned, as in [`EventStore::read_all`], so [`TimelinePage::live_from`]
     /// hands over to a gap-free follower without a hole.
     #[tracing::instrument(name = "store.read_newest", skip_all, fields(workspace = %filter.workspace, limit))]
@@ -381,8 +392,25 @@ impl EventStore {
         before: Option<i64>,
         limit: u32,
     ) -> Result<TimelinePage> {
-        // One statement per narrowing, so that each is planned onto its own index (a generic
+        // One statement per narrowing, so that each is planned onto its index (a generic
         // `$n IS NULL OR …` plan would be one plan for all of them).
+        let windowed =
+            (filter.ty.is_some() || filter.source.is_some()) && filter.correlation_id.is_none();
+        let floor = if windowed {
+            let top = match before {
+                Some(before) => before,
+                None => {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT coalesce(max(position), 0) + 1 FROM events",
+                    )
+                    .fetch_one(&self.pool)
+                    .await?
+                }
+            };
+            Some(top.saturating_sub(TIMELINE_WINDOW).max(1))
+        } else {
+            None
+        };
         let mut query = sqlx::QueryBuilder::<sqlx::Postgres>::new(concat!(
             "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
              SELECT w.xmin::text::int8 AS watermark, e.*
@@ -394,6 +422,9 @@ impl EventStore {
         query.push_bind(filter.workspace.as_str());
         if let Some(before) = before {
             query.push(" AND position < ").push_bind(before);
+        }
+        if let Some(floor) = floor {
+            query.push(" AND position >= ").push_bind(floor);
         }
         if let Some(ty) = &filter.ty {
             query.push(" AND type = ").push_bind(ty.as_str());
@@ -435,7 +466,8 @@ impl EventStore {
         let older = if events.len() == limit as usize {
             events.last().map(|e| e.position)
         } else {
-            None
+            // A window that ran out above the first position: there may be more below it.
+            floor.filter(|f| *f > 1)
         };
         Ok(TimelinePage {
             events,

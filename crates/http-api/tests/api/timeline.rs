@@ -120,6 +120,73 @@ async fn the_timeline_pages_newest_first_without_gaps_or_repeats_and_narrows(poo
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A type or a source is looked for in a bounded window of positions per page: with events
+/// far apart (positions restarted 2.5 windows on), a narrowed page may come back short or
+/// empty but says where to go on, and following it finds every match once, in order.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_narrowed_timeline_looks_a_window_back_per_page_and_says_where_to_go_on(pool: PgPool) {
+    let window = switchyard_store::TIMELINE_WINDOW;
+    let api = Api::with_config(pool.clone(), Default::default(), false).await;
+    api.workspace("demo").await;
+    post_batch(&api, "demo", "low", 4).await;
+    let jump = window * 5 / 2;
+    sqlx::query(&format!(
+        "ALTER TABLE events ALTER COLUMN position RESTART WITH {jump}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    post_batch(&api, "demo", "high", 4).await;
+    let log = api
+        .wait_for_events("/v1/workspaces/demo/events?limit=1000", 9)
+        .await;
+    let mut a: Vec<i64> = log
+        .iter()
+        .filter(|e| e["source"] == "/tests/a")
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    a.reverse();
+    assert_eq!(a.len(), 4);
+    assert!(a[1] >= jump && a[2] < window, "two high, two low: {a:?}");
+
+    // The first page finds the two high ones, not the low ones a window and more below.
+    let (_, first) = api
+        .send(
+            "GET",
+            "/v1/workspaces/demo/timeline?source=/tests/a&limit=10",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(sequences(first["events"].as_array().unwrap()), a[..2]);
+    let older = first["older"].as_i64().expect("there is more further back");
+    assert!(older > 1 && older < a[1], "{first}");
+    // The next window holds nothing of the workspace: an empty page, still going on.
+    let (_, empty) = api
+        .send(
+            "GET",
+            &format!("/v1/workspaces/demo/timeline?source=/tests/a&limit=10&before={older}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(empty["events"], json!([]), "{empty}");
+    assert!(empty["older"].as_i64().is_some(), "{empty}");
+    // Followed to the end: each match once, newest first, and then no cursor.
+    let all = all_pages(
+        &api,
+        "/v1/workspaces/demo/timeline?source=/tests/a&limit=10",
+    )
+    .await;
+    assert_eq!(sequences(&all), a);
+    // The whole workspace and a correlation walk their own indexes: no window.
+    let (_, whole) = api
+        .send("GET", "/v1/workspaces/demo/timeline?limit=100", &[], "")
+        .await;
+    assert_eq!(whole["events"].as_array().unwrap().len(), 9);
+    assert_eq!(whole["older"], Value::Null);
+}
+
 #[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
 async fn one_event_comes_with_its_correlation_to_draw_the_causation_chain(pool: PgPool) {
     let api = Api::with_config(pool, Default::default(), false).await;
