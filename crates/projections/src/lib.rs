@@ -319,34 +319,40 @@ impl ProjectionRunner {
                 .await?;
             tx.commit().await?;
         }
-        // Build beside the live tables, without their lock.
+        // Build beside the live tables, without their lock. The next page is read while this
+        // one is applied (two connections), and these commits do not wait for the WAL flush:
+        // nothing reads the new tables before the swap below, whose commit does wait and so
+        // flushes everything before it; a crash before that loses only this rebuild.
+        let filter = filter_of(&*projection);
         let mut cursor = Cursor::START;
         let mut applied = 0i64;
-        loop {
-            let page = self
-                .store
-                .read_all(cursor, &filter_of(&*projection), self.batch)
-                .await?;
-            if page.events.is_empty() {
-                break;
-            }
-            let mut conn = self.store.pool().acquire().await?;
-            let mut tx = conn.begin().await?;
-            apply_page(&mut tx, &*projection, &next_schema, &page.events).await?;
-            tx.commit().await?;
+        let mut page = self.store.read_all(cursor, &filter, self.batch).await?;
+        while !page.events.is_empty() {
+            let apply = async {
+                let mut conn = self.store.pool().acquire().await?;
+                let mut tx = conn.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                apply_page(&mut tx, &*projection, &next_schema, &page.events).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(())
+            };
+            let read = async {
+                Ok::<_, Error>(self.store.read_all(page.next, &filter, self.batch).await?)
+            };
+            let ((), next) = tokio::try_join!(apply, read)?;
             applied += page.events.len() as i64;
             cursor = page.next;
             progress(applied);
+            page = next;
         }
         // Catch up and swap under the live runner's lock.
         let mut conn = self.store.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         lock(&mut tx, name).await?;
         loop {
-            let page = self
-                .store
-                .read_all(cursor, &filter_of(&*projection), self.batch)
-                .await?;
+            let page = self.store.read_all(cursor, &filter, self.batch).await?;
             if page.events.is_empty() {
                 break;
             }
