@@ -822,3 +822,67 @@ async fn two_instances_share_a_plan_and_run_each_task_once() {
     twin.stop().await;
     server.stop().await;
 }
+
+/// Long work spreads over instances: a plan of `SWITCHYARD_SPREAD_TASKS` (24) independent
+/// one-second tasks, run by 1, 2 and 3 instances on one database and stream, each taking 4 runs
+/// at once (`runtime.concurrency`). Work that waits (a model's answer, a build) is bounded by
+/// the runs an instance holds, not by the cores, so instances add throughput even on this
+/// machine. Prints a table; figures in docs/benchmarks.md. Slow tier:
+/// `cargo nextest run -p switchyard --test e2e --run-ignored only --no-capture long_work`.
+#[tokio::test]
+#[ignore = "a measurement (about 30 s); run explicitly"]
+async fn long_work_spreads_over_instances() {
+    let tasks: usize = std::env::var("SWITCHYARD_SPREAD_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let mut rows = Vec::new();
+    for instances in 1..=3usize {
+        let fixture = Fixture::new();
+        let first = fixture.server().await;
+        let mut others = Vec::new();
+        for _ in 1..instances {
+            others.push(first.twin().await);
+        }
+        let plan = json!({
+            "id": "spread", "title": "Independent work",
+            "concurrency": {"global": tasks},
+            "tasks": (0..tasks)
+                .map(|i| json!({"id": format!("t{i}"), "title": format!("Implement part {i}"), "role": "coder"}))
+                .collect::<Vec<_>>(),
+        });
+        let started = std::time::Instant::now();
+        let (status, made) = first.submit_plan(&plan).await;
+        assert_eq!(status, 201, "{made}");
+        let shown = first
+            .wait_plan("spread", 120, |p| p["status"] != "running")
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(shown["status"], "succeeded", "{shown:#}");
+        let log = fixture.log();
+        // Each task ran once, and every instance ran some (the fourth field is its pid).
+        assert_eq!(log.len(), tasks, "{log:?}");
+        let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+        for line in &log {
+            *per.entry(line.split(' ').nth(3).unwrap_or("?"))
+                .or_default() += 1;
+        }
+        assert_eq!(per.len(), instances, "every instance ran tasks: {per:?}");
+        let shares: Vec<String> = per.values().map(usize::to_string).collect();
+        rows.push((instances, elapsed, tasks as f64 / elapsed, shares.join("/")));
+        for other in others {
+            other.stop().await;
+        }
+        first.stop().await;
+    }
+    println!("\n| instances | {tasks} one-second tasks took | tasks/s | runs per instance |");
+    println!("| --- | --- | --- | --- |");
+    for (n, secs, rate, shares) in &rows {
+        println!("| {n} | {secs:.1} s | {rate:.2} | {shares} |");
+    }
+    // Four runs at once per instance: more instances, more at once.
+    assert!(
+        rows[2].2 > rows[0].2 * 1.5,
+        "3 instances ran faster than 1: {rows:?}"
+    );
+}
