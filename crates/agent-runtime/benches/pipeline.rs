@@ -164,6 +164,7 @@ async fn main() {
             let mut wakeups = Wakeups::listen(&store).await.unwrap();
             let filter = ReadFilter {
                 types: None,
+                or_source_prefix: None,
                 workspace: None,
                 ty: Some(EventType::parse("retrospective.completed.v1").unwrap()),
             };

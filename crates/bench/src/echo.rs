@@ -67,6 +67,7 @@ pub(crate) async fn watch(
     let mut wakeups = Wakeups::listen(&store).await?;
     let filter = ReadFilter {
         types: None,
+        or_source_prefix: None,
         workspace: None,
         ty: Some(EventType::parse("bench.pong.v1")?),
     };

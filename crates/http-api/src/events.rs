@@ -363,6 +363,7 @@ pub(crate) async fn list_events(
     let limit = state.config.page(query.limit);
     let filter = ReadFilter {
         types: None,
+        or_source_prefix: None,
         workspace: Some(workspace),
         ty,
     };

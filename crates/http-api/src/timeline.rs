@@ -346,6 +346,7 @@ impl Follower {
             workspace: Some(self.filter.workspace.clone()),
             ty: self.filter.ty.clone(),
             types: None,
+            or_source_prefix: None,
         };
         while self.queued.is_empty() {
             // Seen before reading: a notification during the read is not lost.

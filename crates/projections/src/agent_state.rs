@@ -98,6 +98,25 @@ impl Projection for AgentState {
         SCHEMA
     }
 
+    /// The types `apply_typed` and the memory write handle; activity counts every event whose
+    /// source is an agent, so those come whatever their type.
+    fn types(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "agent.memory.recorded.v1",
+            "agent.registered.v1",
+            "proposal.created.v1",
+            "proposal.approved.v1",
+            "proposal.rejected.v1",
+            "agent.message.sent.v1",
+            "agent.message.acknowledged.v1",
+            "agent.failed.v1",
+        ])
+    }
+
+    fn or_source_prefix(&self) -> Option<&'static str> {
+        Some("/agents/")
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

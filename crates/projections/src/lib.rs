@@ -60,6 +60,12 @@ pub trait Projection: Send + Sync + 'static {
         None
     }
 
+    /// With [`types`](Self::types): events from sources starting with this are handed over
+    /// too, whatever their type (`agent_state` counts every agent's events as its activity).
+    fn or_source_prefix(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Applies one event. Events of types the projection ignores must be ignored.
     fn apply<'a>(
         &'a self,
@@ -121,6 +127,7 @@ fn filter_of(projection: &dyn Projection) -> ReadFilter {
         types: projection
             .types()
             .map(|types| types.iter().map(|t| (*t).to_owned()).collect()),
+        or_source_prefix: projection.or_source_prefix().map(str::to_owned),
         ..ReadFilter::default()
     }
 }

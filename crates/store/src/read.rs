@@ -20,6 +20,9 @@ pub struct ReadFilter {
     /// Only events of one of these types (a projection's): the others are skipped in the
     /// database, never sent or decoded. `None`: every type.
     pub types: Option<Vec<String>>,
+    /// With `types`: also events whose source starts with this (a projection that counts
+    /// every agent's events, `/agents/`, whatever their type).
+    pub or_source_prefix: Option<String>,
 }
 
 /// A page of a global read.
@@ -151,7 +154,7 @@ impl EventStore {
                    AND transaction_id < w.xmin
                    AND ($3::text IS NULL OR workspace = $3)
                    AND ($4::text IS NULL OR type = $4)
-                   AND ($6::text[] IS NULL OR type = ANY($6))
+                   AND ($6::text[] IS NULL OR type = ANY($6) OR starts_with(source, $7))
                  ORDER BY transaction_id, position
                  LIMIT $5
              ) e ON true"
@@ -162,6 +165,7 @@ impl EventStore {
         .bind(filter.ty.as_ref().map(EventType::as_str))
         .bind(i64::from(limit))
         .bind(filter.types.as_deref())
+        .bind(filter.or_source_prefix.as_deref())
         .fetch_all(&self.pool)
         .await?;
 

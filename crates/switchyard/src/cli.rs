@@ -232,6 +232,7 @@ pub(crate) async fn events(
     } = command;
     let filter = ReadFilter {
         types: None,
+        or_source_prefix: None,
         workspace: workspace
             .as_deref()
             .map(Workspace::parse)

@@ -381,3 +381,74 @@ async fn a_page_applied_at_once_equals_one_event_at_a_time(pool: PgPool) {
         .sum();
     assert_eq!(emitted, 60);
 }
+
+/// `agent_state` handed every event: the same tables, whatever `types` leaves out.
+struct EveryEvent;
+
+impl Projection for EveryEvent {
+    fn name(&self) -> &'static str {
+        "agent_state"
+    }
+
+    fn schema(&self) -> &'static str {
+        AgentState.schema()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut sqlx::PgConnection,
+        event: &'a switchyard_events::RecordedEvent,
+    ) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+        AgentState.apply(tx, event)
+    }
+}
+
+/// `agent_state` reads only its types and the agents' events: built that way it equals the
+/// build that read everything, on a store where agents and others write every kind of event
+/// (memory records from the API too, agents' events of types it otherwise ignores).
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn agent_state_reads_less_and_builds_the_same_tables(pool: PgPool) {
+    let store = store(&pool);
+    append_agent_events(&store, 30, "a").await;
+    for (i, source) in ["/api", "/agents/agent-1", "/scheduler", "/agents/agent-2"]
+        .iter()
+        .cycle()
+        .take(20)
+        .enumerate()
+    {
+        let trigger = NewEvent::new(
+            Workspace::parse("alpha").unwrap(),
+            Source::parse(source).unwrap(),
+            EventType::parse("retrospective.trigger.v1").unwrap(),
+            StreamId::parse(&format!("retrospective/r{i}")).unwrap(),
+            json!({"retrospective_id": format!("r{i}"), "reason": "manual", "requested_by": "test"}),
+        );
+        let memory = NewEvent::new(
+            Workspace::parse("beta").unwrap(),
+            Source::parse("/api").unwrap(),
+            EventType::parse("agent.memory.recorded.v1").unwrap(),
+            StreamId::parse("agent/agent-9/memory").unwrap(),
+            json!({"agent": "agent-9", "key": format!("m{}", i % 4), "value": i}),
+        );
+        store.append(vec![trigger, memory]).await.unwrap();
+    }
+    let filtered = runner(&store);
+    filtered.ensure_schemas().await.unwrap();
+    // 30 agent memory records, 20 memory records from the API, 10 triggers from agents.
+    assert_eq!(filtered.rebuild("agent_state").await.unwrap(), 60);
+    let narrow = snapshot(&pool).await;
+    let everything = ProjectionRunner::new(
+        store.clone(),
+        vec![Arc::new(EveryEvent) as Arc<dyn Projection>],
+        25,
+    );
+    assert_eq!(everything.rebuild("agent_state").await.unwrap(), 70);
+    assert_eq!(snapshot(&pool).await, narrow);
+    let emitted: i64 = sqlx::query_scalar(
+        "SELECT emitted FROM proj_agent_state.activity WHERE workspace = 'alpha' AND agent = 'agent-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(emitted, 5 + 5, "its memory records and its triggers");
+}

@@ -47,6 +47,7 @@ async fn global_reads_page_and_filter(pool: PgPool) {
     // A workspace filter returns only that workspace, and its cursor then skips the rest.
     let filter = ReadFilter {
         types: None,
+        or_source_prefix: None,
         workspace: Some(ws("odd")),
         ty: None,
     };
@@ -64,6 +65,7 @@ async fn global_reads_page_and_filter(pool: PgPool) {
 
     let filter = ReadFilter {
         types: None,
+        or_source_prefix: None,
         workspace: None,
         ty: Some(EventType::parse("proposal.approved.v1").unwrap()),
     };
@@ -120,4 +122,27 @@ async fn global_reads_page_and_filter(pool: PgPool) {
         after.events.is_empty(),
         "the cursor moved past the skipped types too"
     );
+
+    // Types, or a source prefix (an agent's events whatever their type): the memory records
+    // of an agent come, the /tests ones do not, the messages still do.
+    let mut by_agent = memory("even", "agent/c", "from-an-agent");
+    by_agent.source = switchyard_events::Source::parse("/agents/c").unwrap();
+    let mut not_an_agent = memory("even", "agent/c", "from-agents-lookalike");
+    not_an_agent.source = switchyard_events::Source::parse("/agentsish/c").unwrap();
+    store.append(vec![by_agent, not_an_agent]).await.unwrap();
+    read_n(&store, Cursor::START, &ReadFilter::default(), 20).await;
+    let filter = ReadFilter {
+        types: Some(vec!["agent.message.sent.v1".into()]),
+        or_source_prefix: Some("/agents/".into()),
+        ..ReadFilter::default()
+    };
+    let page = store.read_all(Cursor::START, &filter, 100).await.unwrap();
+    let got: Vec<(&str, &str)> = page
+        .events
+        .iter()
+        .map(|e| (e.ty.as_str(), e.source.as_str()))
+        .collect();
+    let mut expected = vec![("agent.message.sent.v1", "/tests"); 4];
+    expected.push(("agent.memory.recorded.v1", "/agents/c"));
+    assert_eq!(got, expected);
 }
