@@ -397,3 +397,34 @@ async fn one_trace_follows_a_webhook_through_the_store_the_relay_and_two_agents(
     server.stop().await;
     let _ = std::fs::remove_file(&file);
 }
+
+/// The consumers' figures are read from nats-server at most every 2 s, whoever asks (the
+/// status route, the metrics scrape): a second status right after the first reuses them and
+/// says how old they are; one after the 2 s reads them anew.
+#[tokio::test]
+async fn the_ops_status_reuses_consumer_figures_for_two_seconds_and_says_their_age() {
+    let server = Server::start().await;
+    let status = || async {
+        let (code, body) = server.request("GET", "/v1/ops/status", &[AUTH], "").await;
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let first = status().await;
+    assert_eq!(first["consumers_age_ms"], 0, "read now");
+    assert!(!first["consumers"].as_array().unwrap().is_empty());
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = status().await;
+    let age = second["consumers_age_ms"].as_u64().unwrap();
+    // (A machine so slow that the second ask came 2 s later would read anew: nothing to check.)
+    if started.elapsed() < Duration::from_millis(1500) {
+        assert!((50..2000).contains(&age), "reused: {age} ms");
+        assert_eq!(second["consumers"], first["consumers"]);
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        status().await["consumers_age_ms"],
+        0,
+        "read again after 2 s"
+    );
+}

@@ -625,12 +625,12 @@ async fn serve(
             shutdown.clone(),
         )));
     }
-    let ops = Arc::new(ops::ServerOps {
-        store: store.clone(),
+    let ops = Arc::new(ops::ServerOps::new(
+        store.clone(),
         relay,
         projections,
         runtime,
-    });
+    ));
     let mut state = AppState::new(store.clone(), Some(nats), settings.api.clone())
         .with_ops(ops)
         .with_modes(Arc::clone(&modes))

@@ -402,6 +402,9 @@ pub(crate) struct OpsStatus {
     /// Each agent's consumer per event type: pending, ack pending, redelivered.
     #[schema(value_type = Vec<Object>)]
     consumers: Vec<Value>,
+    /// How old the consumers' figures are, in milliseconds: nats-server computes them when
+    /// asked, so they are reused for up to 2 s.
+    consumers_age_ms: u64,
     /// Each projection's checkpoint and lag.
     #[schema(value_type = Vec<Object>)]
     projections: Vec<Value>,
