@@ -572,6 +572,17 @@ async fn a_plan_is_drawn_as_a_graph_and_an_escalation_is_resolved_from_its_page(
         .wait_for("svg.graph g.s-waiting[data-task='docs']")
         .await;
     assert_eq!(browser.count("svg.graph path.dep").await, 1);
+    // It ends in an arrowhead at the task that waits.
+    assert_eq!(
+        browser
+            .count("svg.graph path.dep[marker-end='url(#arrow-dep)']")
+            .await,
+        1
+    );
+    assert_eq!(
+        browser.count("svg.graph marker#arrow-dep path.head").await,
+        1
+    );
     let label = browser
         .client
         .execute(

@@ -23,7 +23,7 @@ const app = {
 
 /** h('div', {class: 'x', onclick: f}, 'text', child, [more]) */
 function h(tag, attrs, ...children) {
-  const svg = ['svg', 'g', 'rect', 'path', 'text', 'line', 'circle', 'polyline', 'title'].includes(tag);
+  const svg = ['svg', 'g', 'rect', 'path', 'text', 'line', 'circle', 'polyline', 'title', 'defs', 'marker'].includes(tag);
   const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
@@ -843,9 +843,13 @@ function planGraph(tasks) {
     const a = pos.get(from), b = pos.get(to);
     if (!a || !b) return null;
     const x1 = a.x + NW, y1 = a.y + NH / 2, x2 = b.x, y2 = b.y + NH / 2, mx = (x1 + x2) / 2;
-    return h('path', { class: cls, d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}` });
+    return h('path', { class: cls, d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, 'marker-end': `url(#arrow-${cls})` });
   };
+  // An arrowhead where an edge meets the task that waits for (or branched from) the other.
+  const head = (cls) => h('marker', { id: `arrow-${cls}`, viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto' },
+    h('path', { class: `head head-${cls}`, d: 'M0,0 L10,5 L0,10 z' }));
   return h('div', { class: 'table-wrap' }, h('svg', { class: 'graph', viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'Task graph' },
+    h('defs', {}, head('dep'), head('branch')),
     tasks.flatMap((t) => (t.depends_on || []).map((d) => edge(d, t.id, 'dep'))),
     tasks.filter((t) => t.parent_id).map((t) => edge(t.parent_id, t.id, 'branch')),
     tasks.map((t) => {
