@@ -12,8 +12,8 @@ use switchyard_store::EventStore;
 const LAG_CAP: i64 = 100_000;
 
 /// How long the consumers' figures are reused. nats-server computes each filtered consumer's
-/// pending count when asked (about 100 ms for 30 consumers of a 100 000-message stream), and
-/// the dashboard's agents and ops pages, `switchyard status` and the metrics scrape all ask.
+/// pending count when asked (one request per consumer, about 30), and the dashboard's agents
+/// and ops pages, `switchyard status` and the metrics scrape all ask.
 const CONSUMERS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug)]
