@@ -432,6 +432,26 @@ async fn agent_state_reads_less_and_builds_the_same_tables(pool: PgPool) {
         );
         store.append(vec![trigger, memory]).await.unwrap();
     }
+    // Visible to readers only once every older transaction of the cluster (other tests') ended.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store
+        .read_all(
+            switchyard_events::Cursor::START,
+            &switchyard_store::ReadFilter::default(),
+            100,
+        )
+        .await
+        .unwrap()
+        .events
+        .len()
+        < 70
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 70 events never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let filtered = runner(&store);
     filtered.ensure_schemas().await.unwrap();
     // 30 agent memory records, 20 memory records from the API, 10 triggers from agents.
