@@ -78,12 +78,43 @@ struct Args {
     /// `<!-- switchyard-bench:end -->` (appended when the markers are missing).
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
+    /// Only these paths (repeat or separate with commas), to profile or compare one of them;
+    /// the others are skipped. Not with --write: the docs keep whole runs.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "PATH",
+        conflicts_with = "write"
+    )]
+    only: Vec<Phase>,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// The paths of the table, for --only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Single-event and 100-event batch appends, and their raw inserts.
+    Append,
+    /// Commit → JetStream ack, and raw JetStream publishes.
+    Relay,
+    /// Append → agent handled → its event committed.
+    Agent,
+    /// Projection rebuilds (fills the store first), and the raw ordered read.
+    Rebuild,
+    /// The API's projection list and the dashboard's pages (fills the store first).
+    Read,
+}
+
+impl Args {
+    fn runs(&self, phase: Phase) -> bool {
+        self.only.is_empty() || self.only.contains(&phase)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,155 +230,165 @@ async fn measure(
     .context("creating the bench workspace")?;
     raw::create_table(&pool).await?;
 
-    // 1. Single-event appends, concurrent clients. Each event opens a stream of its own, as
-    // each raw row does: concurrent appends to one stream without an expected version can
-    // answer 503 "retry" when two transactions race for its next version.
-    let bar = progress(quiet, args.events, "raw INSERT, 1 row/tx");
-    let raw_single = raw::single_inserts(&pool, args.clients, args.events, &bar).await?;
-    let bar = progress(quiet, args.events, "HTTP append, 1 event/request");
-    let sy_single = {
-        let http = http.clone();
-        closed_loop(args.clients, args.events, 1, &bar, move |n| {
+    if args.runs(Phase::Append) {
+        // 1. Single-event appends, concurrent clients. Each event opens a stream of its own, as
+        // each raw row does: concurrent appends to one stream without an expected version can
+        // answer 503 "retry" when two transactions race for its next version.
+        let bar = progress(quiet, args.events, "raw INSERT, 1 row/tx");
+        let raw_single = raw::single_inserts(&pool, args.clients, args.events, &bar).await?;
+        let bar = progress(quiet, args.events, "HTTP append, 1 event/request");
+        let sy_single = {
             let http = http.clone();
-            async move { post_events(&http, &note_value(n, &format!("bench/single/{n}"))).await }
-        })
-        .await?
-    };
-    report.ratio(
-        "single-event append via HTTP, {c} concurrent clients",
-        args.clients,
-        sy_single,
-        "raw single-row INSERT per transaction, {c} connections",
-        raw_single,
-        1.0,
-    );
+            closed_loop(args.clients, args.events, 1, &bar, move |n| {
+                let http = http.clone();
+                async move { post_events(&http, &note_value(n, &format!("bench/single/{n}"))).await }
+            })
+            .await?
+        };
+        report.ratio(
+            "single-event append via HTTP, {c} concurrent clients",
+            args.clients,
+            sy_single,
+            "raw single-row INSERT per transaction, {c} connections",
+            raw_single,
+            1.0,
+        );
 
-    // 2. 100-event batches, one client.
-    let batches = (args.events / 100).max(1);
-    let bar = progress(quiet, batches * 100, "raw INSERT, 100 rows");
-    let raw_batch = raw::batch_inserts(&pool, batches, 100, &bar).await?;
-    let bar = progress(quiet, batches * 100, "HTTP append, 100-event batch");
-    let sy_batch = {
-        let http = http.clone();
-        closed_loop(1, batches, 100, &bar, move |b| {
+        // 2. 100-event batches, one client.
+        let batches = (args.events / 100).max(1);
+        let bar = progress(quiet, batches * 100, "raw INSERT, 100 rows");
+        let raw_batch = raw::batch_inserts(&pool, batches, 100, &bar).await?;
+        let bar = progress(quiet, batches * 100, "HTTP append, 100-event batch");
+        let sy_batch = {
             let http = http.clone();
-            async move {
-                let events: Vec<Value> = (0..100)
-                    .map(|i| note_value(b * 100 + i, &format!("bench/batch/{b}")))
-                    .collect();
-                post_events(&http, &Value::Array(events)).await
-            }
-        })
-        .await?
-    };
-    report.ratio(
-        "batch append (100 events) via HTTP",
-        1,
-        sy_batch,
-        "raw 100-row INSERT … SELECT unnest",
-        raw_batch,
-        0.8,
-    );
-    let stored = raw::count(
-        &pool,
-        "SELECT count(*) FROM events WHERE type = 'bench.note.v1'",
-    )
-    .await?;
-    let appended = args.events + batches * 100;
-    if stored != appended as i64 {
-        bail!("{appended} notes were appended and answered 2xx, but {stored} are stored");
-    }
-
-    // 3. Commit → JetStream (the relay), at a fixed rate; raw JetStream publishes beside it.
-    // Each server path starts once the server has caught up with what came before it.
-    settle(&http).await?;
-    let relay = relay_latency(args, setup, &http, nats).await?;
-    let raw_subject = format!("{}raw.note", setup.prefix);
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: format!("BENCHRAW{}", &setup.stream["BENCH".len()..]),
-        subjects: vec![raw_subject.clone()],
-        ..Default::default()
-    })
-    .await?;
-    let bar = progress(quiet, 1_000 * args.seconds, "raw JetStream publish, 1000/s");
-    let raw_js = raw::jetstream_at_rate(js, &raw_subject, 1_000, secs(args.seconds), &bar).await?;
-    report.latency(
-        "commit → JetStream ack (relay), 1 000 events/s",
-        relay,
-        Some(("raw JetStream publish → ack, 1 000/s", raw_js)),
-        50.0,
-    );
-    let bar = progress(quiet, args.events, "raw JetStream, 256 in flight");
-    let raw_js_max = raw::jetstream_max(js, &raw_subject, args.events, 256, &bar).await?;
-    report.limit(
-        "raw JetStream publish, 256 in flight (throughput limit)",
-        raw_js_max,
-    );
-
-    // 4. Append → agent handled → its event committed.
-    settle(&http).await?;
-    let agent = agent_latency(args, setup, &http, nats).await?;
-    report.latency(
-        "append → agent handled → its event committed, 500 events/s",
-        agent,
-        None,
-        100.0,
-    );
-
-    // 5. Projection rebuild, with the store filled.
-    fill(args, &http, &pool).await?;
-    settle(&http).await?;
-    let total = raw::count(&pool, "SELECT count(*) FROM events").await?;
-    let raw_read = raw::ordered_read(&pool).await?;
-    for projection in ["agent_state", "proposals"] {
-        let (rebuilt, applied) = rebuild(binary, setup, projection, total).await?;
-        report.rebuild(projection, total, applied, rebuilt, raw_read.clone());
-    }
-
-    // 6. API read of a projection list.
-    settle(&http).await?;
-    let bar = progress(quiet, 200 * args.seconds, "GET proposals, 200/s");
-    let reads = {
-        let http = http.clone();
-        open_loop(200, secs(args.seconds), &bar, move |_, due| {
-            let http = http.clone();
-            async move {
-                let body = http
-                    .ok(
-                        "GET",
-                        "/v1/workspaces/bench/proposals?limit=50",
-                        "application/json",
-                        Bytes::new(),
-                    )
-                    .await?;
-                let elapsed = due.elapsed();
-                let page: Value = serde_json::from_slice(&body)?;
-                if page["proposals"].as_array().is_none_or(Vec::is_empty) {
-                    bail!("the proposals list came back empty: {page}");
+            closed_loop(1, batches, 100, &bar, move |b| {
+                let http = http.clone();
+                async move {
+                    let events: Vec<Value> = (0..100)
+                        .map(|i| note_value(b * 100 + i, &format!("bench/batch/{b}")))
+                        .collect();
+                    post_events(&http, &Value::Array(events)).await
                 }
-                Ok(elapsed)
-            }
+            })
+            .await?
+        };
+        report.ratio(
+            "batch append (100 events) via HTTP",
+            1,
+            sy_batch,
+            "raw 100-row INSERT … SELECT unnest",
+            raw_batch,
+            0.8,
+        );
+        let stored = raw::count(
+            &pool,
+            "SELECT count(*) FROM events WHERE type = 'bench.note.v1'",
+        )
+        .await?;
+        let appended = args.events + batches * 100;
+        if stored != appended as i64 {
+            bail!("{appended} notes were appended and answered 2xx, but {stored} are stored");
+        }
+    }
+    if args.runs(Phase::Relay) {
+        // 3. Commit → JetStream (the relay), at a fixed rate; raw JetStream publishes beside it.
+        // Each server path starts once the server has caught up with what came before it.
+        settle(&http).await?;
+        let relay = relay_latency(args, setup, &http, nats).await?;
+        let raw_subject = format!("{}raw.note", setup.prefix);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: format!("BENCHRAW{}", &setup.stream["BENCH".len()..]),
+            subjects: vec![raw_subject.clone()],
+            ..Default::default()
         })
-        .await?
-    };
-    report.latency(
-        "API read of a projection list (50 proposals), 200 requests/s",
-        reads,
-        None,
-        10.0,
-    );
-
-    // 7. The dashboard's pages, each as the browser loads it: its API requests at once.
-    settle(&http).await?;
-    for (page, figures) in dashboard_pages(&http, if args.quick { 20 } else { 200 }, quiet).await? {
+        .await?;
+        let bar = progress(quiet, 1_000 * args.seconds, "raw JetStream publish, 1000/s");
+        let raw_js =
+            raw::jetstream_at_rate(js, &raw_subject, 1_000, secs(args.seconds), &bar).await?;
         report.latency(
-            &format!("Dashboard page `{page}` ({total} events in the store), one at a time"),
-            figures,
-            None,
-            200.0,
+            "commit → JetStream ack (relay), 1 000 events/s",
+            relay,
+            Some(("raw JetStream publish → ack, 1 000/s", raw_js)),
+            50.0,
+        );
+        let bar = progress(quiet, args.events, "raw JetStream, 256 in flight");
+        let raw_js_max = raw::jetstream_max(js, &raw_subject, args.events, 256, &bar).await?;
+        report.limit(
+            "raw JetStream publish, 256 in flight (throughput limit)",
+            raw_js_max,
         );
     }
+    if args.runs(Phase::Agent) {
+        // 4. Append → agent handled → its event committed.
+        settle(&http).await?;
+        let agent = agent_latency(args, setup, &http, nats).await?;
+        report.latency(
+            "append → agent handled → its event committed, 500 events/s",
+            agent,
+            None,
+            100.0,
+        );
+    }
+    // 5. Projection rebuild, with the store filled (the reads too look at a full store).
+    if args.runs(Phase::Rebuild) || args.runs(Phase::Read) {
+        fill(args, &http, &pool).await?;
+        settle(&http).await?;
+    }
+    let total = raw::count(&pool, "SELECT count(*) FROM events").await?;
+    if args.runs(Phase::Rebuild) {
+        let raw_read = raw::ordered_read(&pool).await?;
+        for projection in ["agent_state", "proposals"] {
+            let (rebuilt, applied) = rebuild(binary, setup, projection, total).await?;
+            report.rebuild(projection, total, applied, rebuilt, raw_read.clone());
+        }
+    }
+    if args.runs(Phase::Read) {
+        // 6. API read of a projection list.
+        settle(&http).await?;
+        let bar = progress(quiet, 200 * args.seconds, "GET proposals, 200/s");
+        let reads = {
+            let http = http.clone();
+            open_loop(200, secs(args.seconds), &bar, move |_, due| {
+                let http = http.clone();
+                async move {
+                    let body = http
+                        .ok(
+                            "GET",
+                            "/v1/workspaces/bench/proposals?limit=50",
+                            "application/json",
+                            Bytes::new(),
+                        )
+                        .await?;
+                    let elapsed = due.elapsed();
+                    let page: Value = serde_json::from_slice(&body)?;
+                    if page["proposals"].as_array().is_none_or(Vec::is_empty) {
+                        bail!("the proposals list came back empty: {page}");
+                    }
+                    Ok(elapsed)
+                }
+            })
+            .await?
+        };
+        report.latency(
+            "API read of a projection list (50 proposals), 200 requests/s",
+            reads,
+            None,
+            10.0,
+        );
 
+        // 7. The dashboard's pages, each as the browser loads it: its API requests at once.
+        settle(&http).await?;
+        for (page, figures) in
+            dashboard_pages(&http, if args.quick { 20 } else { 200 }, quiet).await?
+        {
+            report.latency(
+                &format!("Dashboard page `{page}` ({total} events in the store), one at a time"),
+                figures,
+                None,
+                200.0,
+            );
+        }
+    }
     let (rss, peak) = server.memory()?;
     report.memory(rss, peak, total);
     Ok(report)

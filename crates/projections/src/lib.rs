@@ -102,6 +102,16 @@ pub struct ProjectionStatus {
     pub lag_events: i64,
 }
 
+/// What one step of a projection did.
+struct Advanced {
+    /// Events read and applied.
+    read: usize,
+    /// The checkpoint moved (past applied events, or past events the projection skips).
+    moved: bool,
+    /// An older open transaction holds back committed events.
+    held_back: bool,
+}
+
 /// Runs projections: follows the store, applies, checkpoints, rebuilds.
 #[derive(Clone)]
 pub struct ProjectionRunner {
@@ -244,8 +254,14 @@ impl ProjectionRunner {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            let (applied, held_back) = self.advance(projection).await?;
-            if applied > 0 && applied < self.batch as usize && !self.coalesce.is_zero() {
+            let Advanced {
+                read: applied,
+                moved,
+                held_back,
+            } = self.advance(projection).await?;
+            // A short page that moved the cursor (applied events, or only skipped others'):
+            // more commits are likely on their way, so gather them for `coalesce`.
+            if moved && applied < self.batch as usize && !self.coalesce.is_zero() {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(self.coalesce) => {}
@@ -255,7 +271,7 @@ impl ProjectionRunner {
             if applied < self.batch as usize {
                 let wait = if held_back {
                     5
-                } else if applied == 0 {
+                } else if !moved {
                     2_000
                 } else {
                     1
@@ -271,18 +287,29 @@ impl ProjectionRunner {
     /// Applies the next batch of one projection; returns how many events it read, and whether
     /// committed events were held back by an older open transaction.
     pub async fn step(&self, projection: &dyn Projection) -> Result<usize> {
-        Ok(self.advance(projection).await?.0)
+        Ok(self.advance(projection).await?.read)
     }
 
-    async fn advance(&self, projection: &dyn Projection) -> Result<(usize, bool)> {
+    async fn advance(&self, projection: &dyn Projection) -> Result<Advanced> {
         let name = projection.name();
         let (cursor, _) = checkpoint(self.store.pool(), name).await?;
         let page = self
             .store
             .read_all(cursor, &filter_of(projection), self.batch)
             .await?;
-        if page.next == cursor {
-            return Ok((0, page.held_back));
+        let mut advanced = Advanced {
+            read: page.events.len(),
+            moved: page.next != cursor,
+            held_back: page.held_back,
+        };
+        if !advanced.moved {
+            return Ok(advanced);
+        }
+        if page.events.is_empty() {
+            // Only events of other types went by (most of a busy store, for most
+            // projections): nothing to apply, so no transaction and no lock, one statement.
+            skip_to(self.store.pool(), name, page.next).await?;
+            return Ok(advanced);
         }
         let mut conn = self.store.pool().acquire().await?;
         let mut tx = conn.begin().await?;
@@ -291,12 +318,13 @@ impl ProjectionRunner {
         // checkpoint stands now, under the lock.
         let (now, _) = checkpoint(&mut *tx, name).await?;
         if now != cursor {
-            return Ok((0, false));
+            advanced.read = 0;
+            return Ok(advanced);
         }
         apply_page(&mut tx, projection, &schema_name(name), &page.events).await?;
         save_checkpoint(&mut tx, name, page.next, page.events.len() as i64, false).await?;
         tx.commit().await?;
-        Ok((page.events.len(), page.held_back))
+        Ok(advanced)
     }
 
     /// Rebuilds a projection from position 0 beside the live one, then swaps it in. Returns
@@ -496,6 +524,24 @@ where
             applied,
         )
     }))
+}
+
+/// Moves a checkpoint past events its projection does not read. Without the projection's
+/// lock: it only ever moves the checkpoint forward, so neither another instance that applied
+/// further meanwhile nor a rebuild's swap is undone (there was nothing to apply up to `to`).
+async fn skip_to(pool: &sqlx::PgPool, name: &str, to: Cursor) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, transaction_id, position, applied, updated_at)
+         VALUES ($1, $2, $3, 0, now())
+         ON CONFLICT (name) DO UPDATE SET transaction_id = $2, position = $3, updated_at = now()
+         WHERE (projection_checkpoints.transaction_id, projection_checkpoints.position) < ($2, $3)",
+    )
+    .bind(name)
+    .bind(i64::try_from(to.transaction).unwrap_or(i64::MAX))
+    .bind(to.position)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 async fn save_checkpoint(

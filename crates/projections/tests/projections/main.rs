@@ -122,7 +122,22 @@ async fn applies_events_once_with_its_checkpoint(pool: PgPool) {
     assert_eq!(status[0].applied, 60);
 }
 
-/// Two runners (two server instances) on one projection take turns: nothing applied twice.
+/// Events `agent_state` does not read: retrospective triggers from the scheduler.
+async fn append_other_events(store: &EventStore, n: usize) {
+    for i in 0..n {
+        let trigger = NewEvent::new(
+            Workspace::parse("alpha").unwrap(),
+            Source::parse("/scheduler").unwrap(),
+            EventType::parse("retrospective.trigger.v1").unwrap(),
+            StreamId::parse(&format!("retrospective/o{i}")).unwrap(),
+            json!({"retrospective_id": format!("o{i}"), "reason": "manual", "requested_by": "test"}),
+        );
+        store.append(vec![trigger]).await.unwrap();
+    }
+}
+
+/// Two runners (two server instances) on one projection take turns: nothing applied twice,
+/// also while both move past events the projection does not read (without its lock).
 #[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
 async fn two_instances_never_apply_twice(pool: PgPool) {
     let store = store(&pool);
@@ -133,7 +148,10 @@ async fn two_instances_never_apply_twice(pool: PgPool) {
         tokio::spawn(one.clone().run(shutdown.clone())),
         tokio::spawn(two.run(shutdown.clone())),
     ];
-    append_agent_events(&store, 150, "b").await;
+    tokio::join!(
+        append_agent_events(&store, 150, "b"),
+        append_other_events(&store, 150)
+    );
     wait_for_applied(&one, 150).await;
     shutdown.cancel();
     for task in tasks {
@@ -147,6 +165,60 @@ async fn two_instances_never_apply_twice(pool: PgPool) {
         .map(|r| r[2].as_i64().unwrap())
         .sum();
     assert_eq!(emitted, 150);
+}
+
+/// Past events it does not read, a projection's checkpoint moves with nothing applied; the
+/// events it reads after them are applied once.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_projection_moves_past_events_it_does_not_read(pool: PgPool) {
+    let store = store(&pool);
+    let runner = runner(&store);
+    runner.ensure_schemas().await.unwrap();
+    append_other_events(&store, 10).await;
+    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let checkpoint = || {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT position, applied FROM projection_checkpoints WHERE name = 'agent_state'",
+        )
+        .fetch_optional(&pool)
+    };
+    // Visible once every older transaction of the cluster (other tests') has ended.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(
+            runner.step(&AgentState).await.unwrap(),
+            0,
+            "nothing to apply"
+        );
+        // A page that is not full moves past the whole visible store, not just its last event.
+        if checkpoint()
+            .await
+            .unwrap()
+            .is_some_and(|(position, applied)| position >= last && applied == 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checkpoint never moved past the 10 events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    append_agent_events(&store, 3, "c").await;
+    run_until_caught_up(&runner, &pool, 3).await;
+    assert_eq!(
+        checkpoint().await.unwrap().map(|(_, applied)| applied),
+        Some(3)
+    );
+    let emitted: i64 =
+        sqlx::query_scalar("SELECT sum(emitted)::int8 FROM proj_agent_state.activity")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(emitted, 3);
 }
 
 /// A rebuild runs beside the live projection while events keep coming, swaps in, and equals
