@@ -356,3 +356,50 @@ async fn concurrent_batches_over_shared_streams_all_land(pool: PgPool) {
     .unwrap();
     assert_eq!(gaps, 0);
 }
+
+/// Appends of one to three events at once over three shared streams, in shared commits
+/// whose versions are drawn inside the INSERT: what each caller is told (position, version)
+/// is what is stored, and every stream's versions run 1..n without a gap or a repeat.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn grouped_appends_report_what_is_stored(pool: PgPool) {
+    let store = store(&pool);
+    let mut tasks = Vec::new();
+    for i in 0..90 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let events: Vec<_> = (0..=i % 3)
+                .map(|j| memory("demo", ["agent/a", "agent/b", "agent/c"][(i + j) % 3], "k"))
+                .collect();
+            let appended = store.append(events.clone()).await.unwrap();
+            events.into_iter().zip(appended).collect::<Vec<_>>()
+        }));
+    }
+    let mut told: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+    for task in tasks {
+        for (event, appended) in task.await.unwrap() {
+            assert!(!appended.duplicate);
+            assert_eq!(appended.id, event.id);
+            assert_eq!(appended.stream, event.stream);
+            told.insert(
+                event.id.to_string(),
+                (appended.position, appended.stream_version),
+            );
+        }
+    }
+    let stored: Vec<(String, String, i64, i64)> =
+        sqlx::query_as("SELECT id, stream_id, position, stream_version FROM events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 180, "90 appends of 1, 2 or 3 events");
+    assert_eq!(told.len(), 180);
+    let mut versions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (id, stream, position, version) in stored {
+        assert_eq!(told[&id], (position, version as u64), "event {id}");
+        versions.entry(stream).or_default().push(version);
+    }
+    for (stream, mut v) in versions {
+        v.sort_unstable();
+        assert_eq!(v, (1..=v.len() as i64).collect::<Vec<_>>(), "{stream}");
+    }
+}
