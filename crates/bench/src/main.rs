@@ -210,7 +210,9 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let quiet = args.quiet;
     let http = Http::new(&server.base);
+    // The raw paths' pool: no ping before each statement (sqlx's default), as plain as it gets.
     let pool = PgPoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(args.clients as u32 + 4)
         .connect(&setup.database_url)
         .await?;
@@ -679,7 +681,7 @@ async fn agent_latency(
     nats: &async_nats::Client,
 ) -> anyhow::Result<Figures> {
     let catalog = Catalog::load(Some(&setup.events_dir))?;
-    let pool = PgPoolOptions::new()
+    let pool = switchyard_store::pool_options()
         .max_connections(24)
         .connect(&setup.database_url)
         .await?;

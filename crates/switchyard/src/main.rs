@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret as _;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{Connection as _, PgPool};
 use switchyard_agent_runtime::AgentRuntime;
 use switchyard_events::Catalog;
 use switchyard_http_api::{AgentBus, AppState, WebhookSecret, bootstrap_admin_token, router};
@@ -347,7 +347,6 @@ fn init_logging(
 async fn register_run(
     pool: &PgPool,
 ) -> anyhow::Result<(Vec<uuid::Uuid>, uuid::Uuid, sqlx::PgConnection)> {
-    use sqlx::Connection as _;
     let key = |id: uuid::Uuid| format!("switchyard.run.{id}");
     let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
     // Lock first, then show the row: a row that can be seen always has its lock held, unless
@@ -401,7 +400,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(settings.database.connect_timeout_secs);
     loop {
-        let attempt = PgPoolOptions::new()
+        let attempt = switchyard_store::pool_options()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)

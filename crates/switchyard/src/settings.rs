@@ -193,7 +193,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             let settings = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(settings.listen.port(), 8080);
-            assert_eq!(settings.store.writers, 2);
+            assert_eq!(settings.store.writers, 1);
 
             jail.set_env("SWITCHYARD_LISTEN", "127.0.0.1:9999");
             jail.set_env("SWITCHYARD_STORE__WRITERS", "4");
