@@ -292,10 +292,12 @@ impl ProjectionRunner {
 
     async fn advance(&self, projection: &dyn Projection) -> Result<Advanced> {
         let name = projection.name();
-        let (cursor, _) = checkpoint(self.store.pool(), name).await?;
+        // One connection for the whole step: the pool pings each connection given back.
+        let mut conn = self.store.pool().acquire().await?;
+        let (cursor, _) = checkpoint(&mut *conn, name).await?;
         let page = self
             .store
-            .read_all(cursor, &filter_of(projection), self.batch)
+            .read_all_on(&mut conn, cursor, &filter_of(projection), self.batch)
             .await?;
         let mut advanced = Advanced {
             read: page.events.len(),
@@ -308,10 +310,9 @@ impl ProjectionRunner {
         if page.events.is_empty() {
             // Only events of other types went by (most of a busy store, for most
             // projections): nothing to apply, so no transaction and no lock, one statement.
-            skip_to(self.store.pool(), name, page.next).await?;
+            skip_to(&mut conn, name, page.next).await?;
             return Ok(advanced);
         }
-        let mut conn = self.store.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         lock(&mut tx, name).await?;
         // Another instance may have applied this page meanwhile: apply only from where the
@@ -529,7 +530,7 @@ where
 /// Moves a checkpoint past events its projection does not read. Without the projection's
 /// lock: it only ever moves the checkpoint forward, so neither another instance that applied
 /// further meanwhile nor a rebuild's swap is undone (there was nothing to apply up to `to`).
-async fn skip_to(pool: &sqlx::PgPool, name: &str, to: Cursor) -> Result<()> {
+async fn skip_to(conn: &mut PgConnection, name: &str, to: Cursor) -> Result<()> {
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, transaction_id, position, applied, updated_at)
          VALUES ($1, $2, $3, 0, now())
@@ -539,7 +540,7 @@ async fn skip_to(pool: &sqlx::PgPool, name: &str, to: Cursor) -> Result<()> {
     .bind(name)
     .bind(i64::try_from(to.transaction).unwrap_or(i64::MAX))
     .bind(to.position)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

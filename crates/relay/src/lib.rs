@@ -221,9 +221,15 @@ impl Relay {
                 continue;
             }
 
+            // On the lock's connection, as the checkpoint below: no pool round trips.
             let page = self
                 .store
-                .read_all(checkpoint.cursor, &ReadFilter::default(), self.config.batch)
+                .read_all_on(
+                    &mut *lock,
+                    checkpoint.cursor,
+                    &ReadFilter::default(),
+                    self.config.batch,
+                )
                 .await?;
             let full = page.events.len() == self.config.batch as usize;
             if !page.events.is_empty() {
@@ -231,7 +237,7 @@ impl Relay {
                 checkpoint.stream_sequence = checkpoint.stream_sequence.max(last_sequence);
                 checkpoint.relayed += page.events.len() as i64;
                 checkpoint.cursor = page.next;
-                self.save_checkpoint(&checkpoint).await?;
+                self.save_checkpoint(&mut *lock, &checkpoint).await?;
                 tracing::debug!(events = page.events.len(), cursor = %checkpoint.cursor, "relayed");
             } else {
                 checkpoint.cursor = page.next;
@@ -276,7 +282,7 @@ impl Relay {
                 event.sequence = event.position,
             );
             switchyard_telemetry::continue_from(&span, event.traceparent.as_deref());
-            let body = serde_json::to_vec(&event.to_cloudevent()).map_err(js)?;
+            let body = event.to_structured_json().map_err(js)?;
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(body))
                 .message_id(format!("{}:{}", event.workspace, event.position))
@@ -334,7 +340,7 @@ impl Relay {
             }
             checkpoint.stream_created = Some(created);
             checkpoint.stream_sequence = info.state.last_sequence;
-            self.save_checkpoint(checkpoint).await?;
+            self.save_checkpoint(self.store.pool(), checkpoint).await?;
         }
         Ok(())
     }
@@ -361,7 +367,10 @@ impl Relay {
         ))
     }
 
-    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+    async fn save_checkpoint<'c, E>(&self, executor: E, checkpoint: &Checkpoint) -> Result<()>
+    where
+        E: sqlx::PgExecutor<'c>,
+    {
         sqlx::query(
             "INSERT INTO relay_checkpoints
                  (stream, transaction_id, position, stream_created, stream_sequence, relayed, updated_at)
@@ -376,7 +385,7 @@ impl Relay {
         .bind(&checkpoint.stream_created)
         .bind(i64::try_from(checkpoint.stream_sequence).unwrap_or(i64::MAX))
         .bind(checkpoint.relayed)
-        .execute(self.store.pool())
+        .execute(executor)
         .await?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, types::Json};
 use switchyard_events::{EventId, ExpectedVersion, NewEvent, Source, StreamId, Workspace};
 
 use crate::{Error, Result};
@@ -38,44 +38,41 @@ pub(crate) fn key(event: &NewEvent) -> Key {
     )
 }
 
-/// Rows to insert, column by column, as `unnest` wants them.
+/// Rows to insert, column by column, as `unnest` wants them; borrowed from the events, which
+/// outlive the statement (a group's retry needs them again).
 #[derive(Default)]
-struct Columns {
-    workspace: Vec<String>,
-    stream_id: Vec<String>,
+struct Columns<'a> {
+    workspace: Vec<&'a str>,
+    stream_id: Vec<&'a str>,
     stream_version: Vec<i64>,
-    id: Vec<String>,
-    source: Vec<String>,
-    ty: Vec<String>,
+    id: Vec<&'a str>,
+    source: Vec<&'a str>,
+    ty: Vec<&'a str>,
     time: Vec<chrono::DateTime<Utc>>,
-    data: Vec<Value>,
-    correlation_id: Vec<String>,
-    causation_id: Vec<Option<String>>,
-    traceparent: Vec<Option<String>>,
-    extensions: Vec<Option<Value>>,
+    data: Vec<Json<&'a Value>>,
+    correlation_id: Vec<&'a str>,
+    causation_id: Vec<Option<&'a str>>,
+    traceparent: Vec<Option<&'a str>>,
+    extensions: Vec<Option<Json<&'a serde_json::Map<String, Value>>>>,
 }
 
-impl Columns {
-    fn push(&mut self, event: &NewEvent, version: u64, now: chrono::DateTime<Utc>) {
-        self.workspace.push(event.workspace.as_str().to_owned());
-        self.stream_id.push(event.stream.as_str().to_owned());
+impl<'a> Columns<'a> {
+    fn push(&mut self, event: &'a NewEvent, version: u64, now: chrono::DateTime<Utc>) {
+        self.workspace.push(event.workspace.as_str());
+        self.stream_id.push(event.stream.as_str());
         self.stream_version
             .push(i64::try_from(version).unwrap_or(i64::MAX));
-        self.id.push(event.id.as_str().to_owned());
-        self.source.push(event.source.as_str().to_owned());
-        self.ty.push(event.ty.as_str().to_owned());
+        self.id.push(event.id.as_str());
+        self.source.push(event.source.as_str());
+        self.ty.push(event.ty.as_str());
         self.time.push(event.time.unwrap_or(now));
-        self.data.push(event.data.clone());
-        self.correlation_id.push(
-            event
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| event.id.as_str().to_owned()),
-        );
-        self.causation_id.push(event.causation_id.clone());
-        self.traceparent.push(event.traceparent.clone());
+        self.data.push(Json(&event.data));
+        self.correlation_id
+            .push(event.correlation_id.as_deref().unwrap_or(event.id.as_str()));
+        self.causation_id.push(event.causation_id.as_deref());
+        self.traceparent.push(event.traceparent.as_deref());
         self.extensions
-            .push((!event.extensions.is_empty()).then(|| Value::Object(event.extensions.clone())));
+            .push((!event.extensions.is_empty()).then_some(Json(&event.extensions)));
     }
 
     fn len(&self) -> usize {

@@ -2,9 +2,13 @@
 //! queued, plan it as one transaction and commit once. One fsync then covers many callers,
 //! which is what lets single-event appends beat one-row-per-transaction inserts.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use switchyard_events::NewEvent;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -13,6 +17,9 @@ use crate::{
     append::{self, Appended, Key, Lookup, Written},
     error::is_append_race,
 };
+
+/// A writer's connection, and when it was last used.
+type Held = (PoolConnection<Postgres>, Instant);
 
 /// One caller's append, waiting for its turn.
 pub(crate) struct Job {
@@ -29,6 +36,10 @@ pub(crate) async fn run_writer(
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_group_events: usize,
 ) {
+    // The writer keeps its connection between groups: sqlx pings every connection returned
+    // to the pool, a round trip per group. It goes back to the pool (which tests it) after an
+    // error or a second idle, so a restarted PostgreSQL costs no failed group.
+    let mut conn = None;
     loop {
         let jobs = {
             let mut queue = queue.lock().await;
@@ -48,12 +59,12 @@ pub(crate) async fn run_writer(
             }
             jobs
         };
-        commit_group(&pool, jobs).await;
+        commit_group(&pool, &mut conn, jobs).await;
     }
 }
 
 #[tracing::instrument(name = "store.append", skip_all, fields(jobs = jobs.len()))]
-async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
+async fn commit_group(pool: &PgPool, conn: &mut Option<Held>, mut jobs: Vec<Job>) {
     let mut attempt = 0;
     let mut lookup = Lookup::Optimistic;
     while !jobs.is_empty() {
@@ -65,7 +76,7 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
         if now.is_empty() {
             continue;
         }
-        match try_commit(pool, &now, lookup).await {
+        match try_commit(pool, conn, &now, lookup).await {
             Ok(Written::NeedsFullLookup) => {
                 lookup = Lookup::Full;
                 let mut retry = now;
@@ -106,13 +117,28 @@ async fn commit_group(pool: &PgPool, mut jobs: Vec<Job>) {
     }
 }
 
-async fn try_commit(pool: &PgPool, jobs: &[Job], lookup: Lookup) -> Result<Written, sqlx::Error> {
+async fn try_commit(
+    pool: &PgPool,
+    held: &mut Option<Held>,
+    jobs: &[Job],
+    lookup: Lookup,
+) -> Result<Written, sqlx::Error> {
     let batches: Vec<&[NewEvent]> = jobs.iter().map(|job| job.events.as_slice()).collect();
     // No explicit transaction: the lookup reads committed state and the single INSERT commits
     // atomically; a concurrent writer that got there first makes it fail on a unique index,
-    // and the group is planned again. Two round trips instead of four.
-    let mut conn = pool.acquire().await?;
-    append::write(&mut conn, &batches, lookup).await
+    // and the group is planned again. One or two round trips instead of four.
+    let mut conn = match held.take() {
+        Some((conn, used)) if used.elapsed() < crate::PING_IF_IDLE_FOR => conn,
+        _ => pool.acquire().await?,
+    };
+    let written = append::write(&mut conn, &batches, lookup).await;
+    match &written {
+        // A lost race fails one statement cleanly; anything else may have broken the
+        // connection, so it goes back to the pool (which tests it) and a fresh one is taken.
+        Err(e) if !is_append_race(e) => {}
+        _ => *held = Some((conn, Instant::now())),
+    }
+    written
 }
 
 fn split_repeated_keys(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {

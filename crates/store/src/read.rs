@@ -6,7 +6,7 @@ use switchyard_events::{
     Cursor, EventId, EventType, InvalidId, RecordedEvent, Source, StreamId, Workspace,
 };
 
-use sqlx::{FromRow, Row, postgres::PgRow};
+use sqlx::{FromRow, PgConnection, Row, postgres::PgRow};
 
 use crate::{Error, EventStore, Result};
 
@@ -134,67 +134,21 @@ impl EventStore {
     /// Reads up to `limit` events after `after`, in global order. Only events of transactions
     /// older than every transaction still running are returned, so nothing that commits later
     /// can ever land behind the returned cursor.
-    #[tracing::instrument(name = "store.read_all", skip_all, fields(after = %after, limit))]
     pub async fn read_all(&self, after: Cursor, filter: &ReadFilter, limit: u32) -> Result<Page> {
-        let rows: Vec<PgRow> = sqlx::query(concat!(
-            "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-             SELECT w.xmin::text::int8 AS watermark,
-                    -- The newest visible row, by an index-only scan backwards: an EXISTS
-                    -- here was planned as a sequential scan of the whole table (22 ms at 60 000
-                    -- events, per page read; 0.06 ms this way).
-                    coalesce((SELECT h.transaction_id FROM events h
-                              ORDER BY h.transaction_id DESC LIMIT 1) >= w.xmin, false)
-                        AS held_back,
-                    e.*
-             FROM w LEFT JOIN LATERAL (
-                 SELECT ",
-            event_columns!(""),
-            " FROM events
-                 WHERE (transaction_id, position) > ($1::text::xid8, $2)
-                   AND transaction_id < w.xmin
-                   AND ($3::text IS NULL OR workspace = $3)
-                   AND ($4::text IS NULL OR type = $4)
-                   AND ($6::text[] IS NULL OR type = ANY($6) OR starts_with(source, $7))
-                 ORDER BY transaction_id, position
-                 LIMIT $5
-             ) e ON true"
-        ))
-        .bind(after.transaction.to_string())
-        .bind(after.position)
-        .bind(filter.workspace.as_ref().map(Workspace::as_str))
-        .bind(filter.ty.as_ref().map(EventType::as_str))
-        .bind(i64::from(limit))
-        .bind(filter.types.as_deref())
-        .bind(filter.or_source_prefix.as_deref())
-        .fetch_all(&self.pool)
-        .await?;
+        read_all(&self.pool, after, filter, limit).await
+    }
 
-        // The lateral join yields one row of NULL event columns when nothing is visible, so the
-        // watermark of this very snapshot always comes back.
-        let mut watermark = 0u64;
-        let mut held_back = false;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            watermark = u64::try_from(row.try_get::<i64, _>("watermark")?).unwrap_or_default();
-            held_back = row.try_get("held_back")?;
-            if row.try_get::<Option<i64>, _>("position")?.is_some() {
-                events.push(RecordedEvent::try_from(EventRow::from_row(row)?)?);
-            }
-        }
-        let mut next = events.last().map_or(after, |e| e.cursor);
-        if events.len() < limit as usize && watermark > 0 {
-            // Everything below the watermark after `after` was scanned: skip past it.
-            let seen_all = Cursor {
-                transaction: watermark - 1,
-                position: i64::MAX,
-            };
-            next = next.max(seen_all);
-        }
-        Ok(Page {
-            events,
-            next,
-            held_back,
-        })
+    /// [`read_all`](Self::read_all) on a connection the caller holds. A follower that reads
+    /// many times a second (the relay, a projection step) saves the pool's round trips:
+    /// sqlx pings every connection returned to the pool.
+    pub async fn read_all_on(
+        &self,
+        conn: &mut PgConnection,
+        after: Cursor,
+        filter: &ReadFilter,
+        limit: u32,
+    ) -> Result<Page> {
+        read_all(conn, after, filter, limit).await
     }
 
     /// Reads a stream's events with versions after `after_version` (0 = from the start), up
@@ -495,4 +449,76 @@ impl EventStore {
         .await?;
         rows.into_iter().map(RecordedEvent::try_from).collect()
     }
+}
+
+/// The read behind [`EventStore::read_all`] and [`EventStore::read_all_on`].
+#[tracing::instrument(name = "store.read_all", skip_all, fields(after = %after, limit))]
+async fn read_all<'c, E>(
+    executor: E,
+    after: Cursor,
+    filter: &ReadFilter,
+    limit: u32,
+) -> Result<Page>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    let rows: Vec<PgRow> = sqlx::query(concat!(
+        "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+         SELECT w.xmin::text::int8 AS watermark,
+                -- The newest visible row, by an index-only scan backwards: an EXISTS
+                -- here was planned as a sequential scan of the whole table (22 ms at 60 000
+                -- events, per page read; 0.06 ms this way).
+                coalesce((SELECT h.transaction_id FROM events h
+                          ORDER BY h.transaction_id DESC LIMIT 1) >= w.xmin, false)
+                    AS held_back,
+                e.*
+         FROM w LEFT JOIN LATERAL (
+             SELECT ",
+        event_columns!(""),
+        " FROM events
+             WHERE (transaction_id, position) > ($1::text::xid8, $2)
+               AND transaction_id < w.xmin
+               AND ($3::text IS NULL OR workspace = $3)
+               AND ($4::text IS NULL OR type = $4)
+               AND ($6::text[] IS NULL OR type = ANY($6) OR starts_with(source, $7))
+             ORDER BY transaction_id, position
+             LIMIT $5
+         ) e ON true"
+    ))
+    .bind(after.transaction.to_string())
+    .bind(after.position)
+    .bind(filter.workspace.as_ref().map(Workspace::as_str))
+    .bind(filter.ty.as_ref().map(EventType::as_str))
+    .bind(i64::from(limit))
+    .bind(filter.types.as_deref())
+    .bind(filter.or_source_prefix.as_deref())
+    .fetch_all(executor)
+    .await?;
+
+    // The lateral join yields one row of NULL event columns when nothing is visible, so the
+    // watermark of this very snapshot always comes back.
+    let mut watermark = 0u64;
+    let mut held_back = false;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        watermark = u64::try_from(row.try_get::<i64, _>("watermark")?).unwrap_or_default();
+        held_back = row.try_get("held_back")?;
+        if row.try_get::<Option<i64>, _>("position")?.is_some() {
+            events.push(RecordedEvent::try_from(EventRow::from_row(row)?)?);
+        }
+    }
+    let mut next = events.last().map_or(after, |e| e.cursor);
+    if events.len() < limit as usize && watermark > 0 {
+        // Everything below the watermark after `after` was scanned: skip past it.
+        let seen_all = Cursor {
+            transaction: watermark - 1,
+            position: i64::MAX,
+        };
+        next = next.max(seen_all);
+    }
+    Ok(Page {
+        events,
+        next,
+        held_back,
+    })
 }
