@@ -459,7 +459,8 @@ async fn projections(
     migrate(&pool).await?;
     let store = EventStore::new(pool, Arc::new(catalog), &settings.store);
     let runner =
-        ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch);
+        ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch)
+            .with_rebuild_batch(settings.projections.rebuild_batch);
     runner.ensure_schemas().await?;
     match command {
         ProjectionCommand::Status => {
@@ -592,7 +593,8 @@ async fn serve(
     let relay = Relay::new(store.clone(), nats.clone(), settings.relay.clone());
     let projections =
         ProjectionRunner::new(store.clone(), all_projections(), settings.projections.batch)
-            .with_coalesce(Duration::from_millis(settings.projections.coalesce_ms));
+            .with_coalesce(Duration::from_millis(settings.projections.coalesce_ms))
+            .with_rebuild_batch(settings.projections.rebuild_batch);
     projections
         .ensure_schemas()
         .await

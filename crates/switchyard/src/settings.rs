@@ -109,6 +109,7 @@ pub(crate) struct GitHubSettings {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProjectionSettings {
     pub(crate) batch: u32,
+    pub(crate) rebuild_batch: u32,
     pub(crate) coalesce_ms: u64,
 }
 

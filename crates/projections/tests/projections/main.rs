@@ -20,11 +20,13 @@ fn store(pool: &PgPool) -> EventStore {
 }
 
 fn runner(store: &EventStore) -> ProjectionRunner {
+    // Short rebuild pages too, so that rebuilds here span many pages.
     ProjectionRunner::new(
         store.clone(),
         vec![Arc::new(AgentState) as Arc<dyn Projection>],
         25,
     )
+    .with_rebuild_batch(7)
 }
 
 async fn append_agent_events(store: &EventStore, n: usize, tag: &str) {
