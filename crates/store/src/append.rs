@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use serde_json::Value;
-use sqlx::{PgConnection, types::Json};
+use sqlx::{PgConnection, Postgres, postgres::PgArguments, query::QueryAs, types::Json};
 use switchyard_events::{EventId, ExpectedVersion, NewEvent, Source, StreamId, Workspace};
 
 use crate::{Error, Result};
@@ -77,6 +77,26 @@ impl<'a> Columns<'a> {
 
     fn len(&self) -> usize {
         self.id.len()
+    }
+
+    /// Binds the columns as `$1` to `$12`, in the order both INSERTs name them.
+    fn bind<'q, O>(
+        &'q self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        query
+            .bind(&self.workspace)
+            .bind(&self.stream_id)
+            .bind(&self.stream_version)
+            .bind(&self.id)
+            .bind(&self.source)
+            .bind(&self.ty)
+            .bind(&self.time)
+            .bind(&self.data)
+            .bind(&self.correlation_id)
+            .bind(&self.causation_id)
+            .bind(&self.traceparent)
+            .bind(&self.extensions)
     }
 }
 
@@ -260,8 +280,9 @@ pub(crate) async fn write(
     // 4. One insert for every new event of every job, in order.
     let mut positions: Vec<i64> = Vec::new();
     if columns.len() > 0 {
-        positions = sqlx::query_scalar(
-            "INSERT INTO events (workspace, stream_id, stream_version, id, source, type, time, data,
+        let rows: Vec<(i64,)> = columns
+            .bind(sqlx::query_as(
+                "INSERT INTO events (workspace, stream_id, stream_version, id, source, type, time, data,
                                  correlation_id, causation_id, traceparent, extensions)
              SELECT workspace, stream_id, stream_version, id, source, type, time, data,
                     correlation_id, causation_id, traceparent, extensions
@@ -273,21 +294,10 @@ pub(crate) async fn write(
                                        extensions, ord)
              ORDER BY ord
              RETURNING position",
-        )
-        .bind(&columns.workspace)
-        .bind(&columns.stream_id)
-        .bind(&columns.stream_version)
-        .bind(&columns.id)
-        .bind(&columns.source)
-        .bind(&columns.ty)
-        .bind(&columns.time)
-        .bind(&columns.data)
-        .bind(&columns.correlation_id)
-        .bind(&columns.causation_id)
-        .bind(&columns.traceparent)
-        .bind(&columns.extensions)
-        .fetch_all(&mut *conn)
-        .await?;
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+        positions = rows.into_iter().map(|(position,)| position).collect();
         // Identity values are drawn in insertion order, which ORDER BY ord fixes; sorting
         // the returned positions makes the mapping independent of RETURNING's row order.
         positions.sort_unstable();
@@ -359,19 +369,8 @@ async fn write_drawing_versions(
         columns.push(event, *place, now);
     }
     let (sws, sids): (Vec<&str>, Vec<&str>) = places.keys().copied().unzip();
-    let mut rows: Vec<(i64, i64)> = sqlx::query_as(INSERT_DRAWING_VERSIONS)
-        .bind(&columns.workspace)
-        .bind(&columns.stream_id)
-        .bind(&columns.stream_version)
-        .bind(&columns.id)
-        .bind(&columns.source)
-        .bind(&columns.ty)
-        .bind(&columns.time)
-        .bind(&columns.data)
-        .bind(&columns.correlation_id)
-        .bind(&columns.causation_id)
-        .bind(&columns.traceparent)
-        .bind(&columns.extensions)
+    let mut rows: Vec<(i64, i64)> = columns
+        .bind(sqlx::query_as(INSERT_DRAWING_VERSIONS))
         .bind(&sws)
         .bind(&sids)
         .fetch_all(&mut *conn)
