@@ -343,9 +343,9 @@ mod tests {
         assert!(!ExpectedVersion::Exactly(3).admits(4));
     }
 
-    #[test]
-    fn recorded_event_renders_as_cloudevent_json() {
-        let event = RecordedEvent {
+    /// An approved proposal's event, as the store returns it.
+    fn approved() -> RecordedEvent {
+        RecordedEvent {
             position: 5,
             cursor: Cursor {
                 transaction: 900,
@@ -366,7 +366,12 @@ mod tests {
             traceparent: None,
             extensions: Map::new(),
             recorded_at: Utc::now(),
-        };
+        }
+    }
+
+    #[test]
+    fn recorded_event_renders_as_cloudevent_json() {
+        let event = approved();
         let json = serde_json::to_value(event.to_cloudevent()).unwrap();
         assert_eq!(json["specversion"], "1.0");
         assert_eq!(json["id"], "e-1");
@@ -396,25 +401,16 @@ mod tests {
         extensions.insert("list".into(), serde_json::json!([1, "a"]));
         let base = RecordedEvent {
             position: 9_007_199_254_740_993,
-            cursor: Cursor {
-                transaction: 900,
-                position: 5,
-            },
             stream_version: 17,
-            id: EventId::parse("e-1").unwrap(),
             source: Source::parse("/agents/coder").unwrap(),
             ty: EventType::parse("git.commit.v1").unwrap(),
-            workspace: Workspace::parse("demo").unwrap(),
             stream: StreamId::parse("repo/main").unwrap(),
             time: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456789+02:00")
                 .unwrap()
                 .to_utc(),
             data: serde_json::json!({"sha": "abc", "files": ["a.rs"], "n": 1.5, "x": null}),
-            correlation_id: "c-1".into(),
             causation_id: None,
-            traceparent: None,
-            extensions: Map::new(),
-            recorded_at: Utc::now(),
+            ..approved()
         };
         let mut full = base.clone();
         full.causation_id = Some("e-0".into());
