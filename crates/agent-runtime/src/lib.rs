@@ -569,14 +569,31 @@ impl AgentRuntime {
                 }
             }
         };
-        for ((message, event), outcome) in batch.into_iter().zip(outcomes) {
+        // Events that lost a race are run again one by one, and may wait for one another's
+        // locks: the deliveries not yet answered are kept alive meanwhile, so that their ack
+        // wait does not run out and JetStream hand them to another instance as well.
+        let keep_alive_every =
+            Duration::from_millis((self.config.ack_wait_secs * 1000 / 3).max(100));
+        let mut alive_since = std::time::Instant::now();
+        let mut pending: std::collections::VecDeque<_> = batch.into_iter().zip(outcomes).collect();
+        while let Some(((message, event), outcome)) = pending.pop_front() {
             let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
             let outcome = match outcome {
                 // Lost a race for a stream version: run it alone, with its own retries.
-                Outcome::Race => match self.handle(agent, &event, None).await {
-                    Ok(()) => Outcome::Done,
-                    Err(e) => Outcome::Failed(e),
-                },
+                Outcome::Race => {
+                    if alive_since.elapsed() >= keep_alive_every {
+                        let waiting =
+                            std::iter::once(&message).chain(pending.iter().map(|((m, _), _)| m));
+                        for m in waiting {
+                            let _ = m.ack_with(AckKind::Progress).await;
+                        }
+                        alive_since = std::time::Instant::now();
+                    }
+                    match self.handle(agent, &event, None).await {
+                        Ok(()) => Outcome::Done,
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
                 other => other,
             };
             match outcome {
@@ -665,7 +682,9 @@ impl AgentRuntime {
 
         // The writes. Another instance may have handled some of these meanwhile: the records
         // this transaction wins say whose effects are appended.
-        let mine: Vec<i64> = emitted.iter().map(|(p, _)| *p).collect();
+        // In ascending order, so that two batches sharing events take their rows in one order.
+        let mut mine: Vec<i64> = emitted.iter().map(|(p, _)| *p).collect();
+        mine.sort_unstable();
         let won: Vec<i64> = sqlx::query_scalar(
             "INSERT INTO agent_handled (agent, event_position) SELECT $1, unnest($2::int8[])
              ON CONFLICT DO NOTHING RETURNING event_position",
@@ -827,7 +846,25 @@ impl AgentRuntime {
             .await
             .map_err(HandlerError::from)?;
         let mut tx = conn.begin().await.map_err(HandlerError::from)?;
-        let fresh = sqlx::query(
+        let handled: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM agent_handled WHERE agent = $1 AND event_position = $2)",
+        )
+        .bind(&manifest.name)
+        .bind(event.position)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(HandlerError::from)?;
+        if handled {
+            return Ok(());
+        }
+        // The handler first, the "handled" record after it, as in a batch: the handler's own
+        // locks (an artifact's) are then always taken before the record's row. In the other
+        // order, this transaction and a batch handling a redelivery of the same event (after
+        // its ack wait) each held what the other waited for: a deadlock.
+        let mut ctx = Context::new(&mut tx, manifest, event).with_work(work);
+        run_handler(agent, &mut ctx, event).await?;
+        let emitted = ctx.into_emitted();
+        let won = sqlx::query(
             "INSERT INTO agent_handled (agent, event_position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(&manifest.name)
@@ -837,12 +874,10 @@ impl AgentRuntime {
         .map_err(HandlerError::from)?
         .rows_affected()
             == 1;
-        if !fresh {
+        if !won {
+            // Handled elsewhere meanwhile: its effects are there, these are dropped.
             return Ok(());
         }
-        let mut ctx = Context::new(&mut tx, manifest, event).with_work(work);
-        run_handler(agent, &mut ctx, event).await?;
-        let emitted = ctx.into_emitted();
         if !emitted.is_empty() {
             match self.store.append_in(&mut tx, emitted).await {
                 Ok(_) => {}

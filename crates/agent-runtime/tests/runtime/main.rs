@@ -18,7 +18,9 @@ use switchyard_agent_runtime::{
     Agent, AgentRuntime, Context, HandlerError, Manifest, RuntimeConfig, WorkContext,
     consumer_name, ensure_consumer,
 };
-use switchyard_events::{Catalog, EventType, NewEvent, RecordedEvent, Source, StreamId, Workspace};
+use switchyard_events::{
+    Catalog, EventType, ExpectedVersion, NewEvent, RecordedEvent, Source, StreamId, Workspace,
+};
 use switchyard_relay::{Relay, RelayConfig};
 use switchyard_store::{EventStore, StoreConfig};
 use switchyard_testkit::{NatsServer, shared_nats_url, unique};
@@ -580,5 +582,123 @@ async fn a_failed_pull_beside_a_long_run_neither_drops_nor_strands_it(pool: PgPo
         (1, 1),
         "the run was neither cut short nor run again"
     );
+    setup.teardown().await;
+}
+
+/// Appends every trigger to one shared stream at an exact version, under a lock it takes
+/// first, as an agent publishing one artifact does (the retrospective agent's report): two
+/// handlers of one batch race for the same version, so the batch falls back to one event at a
+/// time while the other instance holds the lock.
+struct Ledger {
+    manifest: Manifest,
+    hold: Duration,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Agent for Ledger {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a mut Context<'_>,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let locked = sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('ledger', 0))")
+                .execute(ctx.connection())
+                .await;
+            if let Err(e) = locked {
+                self.errors.lock().unwrap().push(e.to_string());
+                return Err(e.into());
+            }
+            tokio::time::sleep(self.hold).await;
+            let version: i64 = sqlx::query_scalar(
+                "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = 'retrospective/ledger'",
+            )
+            .fetch_one(ctx.connection())
+            .await?;
+            let id = event.data["retrospective_id"].as_str().unwrap_or_default();
+            let mut entry = NewEvent::new(
+                event.workspace.clone(),
+                Source::parse("/agents/ledger").unwrap(),
+                EventType::parse("retrospective.completed.v1").unwrap(),
+                StreamId::parse("retrospective/ledger").unwrap(),
+                json!({"retrospective_id": id, "metrics": {}, "insights": [], "action_items": []}),
+            );
+            entry.expected_version = if version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exactly(u64::try_from(version).unwrap())
+            };
+            ctx.emit_event(entry)
+        })
+    }
+}
+
+/// Two instances, batches that all lose the race for the shared stream, and an ack wait the
+/// one-by-one fallback outlives: a delivery can be handled by both instances at once. Each
+/// still takes the handler's lock before the "handled" record (the other order deadlocked
+/// against a batch holding the lock), so no handler fails and every trigger is in the ledger
+/// once, at versions 1..=N.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn racing_batches_under_a_shared_lock_never_deadlock(pool: PgPool) {
+    let setup = Setup::new(&pool).await;
+    let ledger = || {
+        Arc::new(Ledger {
+            manifest: Manifest {
+                produces: Vec::new(),
+                consumes: Vec::new(),
+                name: "ledger".into(),
+                version: "1.0.0".into(),
+                capabilities: vec!["testing".into()],
+                subscribes: vec![EventType::parse("retrospective.trigger.v1").unwrap()],
+                emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
+            },
+            hold: Duration::from_millis(60),
+            errors: std::sync::Mutex::new(Vec::new()),
+        })
+    };
+    let (one, two) = (ledger(), ledger());
+    let config = RuntimeConfig {
+        ack_wait_secs: 1,
+        concurrency: 2,
+        batch: 8,
+        max_deliver: 20,
+        ..fast()
+    };
+    const N: i64 = 40;
+    for i in 0..N {
+        setup.trigger(&format!("l{i}")).await;
+    }
+    for agent in [&one, &two] {
+        tokio::spawn(
+            setup
+                .runtime_of(Arc::clone(agent) as Arc<dyn Agent>, config.clone())
+                .run(setup.shutdown.clone()),
+        );
+    }
+    wait_for(&pool, COMPLETED, N).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut errors = one.errors.lock().unwrap().clone();
+    errors.extend(two.errors.lock().unwrap().iter().cloned());
+    assert!(errors.is_empty(), "handlers failed: {errors:?}");
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "SELECT stream_version FROM events WHERE stream_id = 'retrospective/ledger' ORDER BY stream_version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, (1..=N).collect::<Vec<_>>());
+    let per_trigger: Vec<i64> = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM events c WHERE c.type = 'retrospective.completed.v1' AND c.causation_id = t.id)
+         FROM events t WHERE t.type = 'retrospective.trigger.v1'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_trigger, vec![1; 40], "each trigger in the ledger once");
+    assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
     setup.teardown().await;
 }
