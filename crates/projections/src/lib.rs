@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 use switchyard_events::{Cursor, RecordedEvent};
-use switchyard_store::{EventStore, ReadFilter, Wakeups};
+use switchyard_store::{EventStore, ReadFilter, Scanned, Wakeups};
 use tokio_util::sync::CancellationToken;
 
 pub use agent_state::AgentState;
@@ -372,40 +372,42 @@ impl ProjectionRunner {
                 .await?;
             tx.commit().await?;
         }
-        // Build beside the live tables, without their lock. The next page is read while this
-        // one is applied (two connections), and these commits do not wait for the WAL flush:
-        // nothing reads the new tables before the swap below, whose commit does wait and so
-        // flushes everything before it; a crash before that loses only this rebuild.
+        // Build beside the live tables, without their lock, from one streaming read: the
+        // database sends the next pages while this one is applied. These commits do not wait
+        // for the WAL flush: nothing reads the new tables before the swap below, whose commit
+        // does wait and so flushes everything before it; a crash before that loses only this
+        // rebuild.
         let filter = filter_of(&*projection);
         let mut cursor = Cursor::START;
         let mut applied = 0i64;
-        let mut page = self
+        let mut pages = self
             .store
-            .read_all(cursor, &filter, self.rebuild_batch)
-            .await?;
-        while !page.events.is_empty() {
-            let apply = async {
-                let mut conn = self.store.pool().acquire().await?;
-                let mut tx = conn.begin().await?;
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
-                    .await?;
-                apply_page(&mut tx, &*projection, &next_schema, &page.events).await?;
-                tx.commit().await?;
-                Ok::<_, Error>(())
-            };
-            let read = async {
-                Ok::<_, Error>(
-                    self.store
-                        .read_all(page.next, &filter, self.rebuild_batch)
-                        .await?,
-                )
-            };
-            let ((), next) = tokio::try_join!(apply, read)?;
-            applied += page.events.len() as i64;
-            cursor = page.next;
-            progress(applied);
-            page = next;
+            .scan(Cursor::START, filter.clone(), self.rebuild_batch as usize);
+        let mut ended = false;
+        let mut conn = self.store.pool().acquire().await?;
+        while let Some(scanned) = pages.recv().await {
+            match scanned? {
+                Scanned::Page(events) => {
+                    let mut tx = conn.begin().await?;
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await?;
+                    apply_page(&mut tx, &*projection, &next_schema, &events).await?;
+                    tx.commit().await?;
+                    applied += events.len() as i64;
+                    progress(applied);
+                }
+                Scanned::End(next) => {
+                    cursor = next;
+                    ended = true;
+                }
+            }
+        }
+        drop(conn);
+        if !ended {
+            // The scan stopped without saying where: catching up from the start would apply
+            // the pages above twice.
+            return Err(Error::Store(switchyard_store::Error::Closed));
         }
         // Catch up and swap under the live runner's lock.
         let mut conn = self.store.pool().acquire().await?;

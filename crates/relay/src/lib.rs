@@ -184,6 +184,10 @@ impl Relay {
             return Ok(false);
         }
         tracing::info!(stream = %self.config.stream, "this instance is the active relay");
+        // This connection only follows the store: its reads walk the global-order index even
+        // with stale statistics (a relay starting over from position 0 read every page
+        // with a sort of the whole rest of the table).
+        switchyard_store::ordered_scans_only(&mut lock, false).await?;
         self.active.store(true, Ordering::SeqCst);
         let result = self.relay(&mut lock, shutdown).await;
         self.active.store(false, Ordering::SeqCst);

@@ -29,7 +29,10 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use append::Appended;
 pub use error::{Error, Result};
-pub use read::{Page, ReadFilter, TIMELINE_WINDOW, TimelineFilter, TimelinePage, Wakeups};
+pub use read::{
+    Page, ReadFilter, Scanned, TIMELINE_WINDOW, TimelineFilter, TimelinePage, Wakeups,
+    ordered_scans_only,
+};
 
 /// The schema migrations of the store (and of every table Switchyard owns).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -1,6 +1,6 @@
 use sqlx::PgPool;
-use switchyard_events::{Cursor, EventType};
-use switchyard_store::ReadFilter;
+use switchyard_events::{Cursor, EventType, RecordedEvent};
+use switchyard_store::{EventStore, ReadFilter, Scanned};
 
 use crate::{memory, read_n, store, ws};
 
@@ -145,4 +145,105 @@ async fn global_reads_page_and_filter(pool: PgPool) {
     let mut expected = vec![("agent.message.sent.v1", "/tests"); 4];
     expected.push(("agent.memory.recorded.v1", "/agents/c"));
     assert_eq!(got, expected);
+}
+
+/// Every page of a scan from `after`, and where it ended.
+async fn scan_all(
+    store: &EventStore,
+    after: Cursor,
+    filter: &ReadFilter,
+    page: usize,
+) -> (Vec<RecordedEvent>, Cursor) {
+    let mut pages = store.scan(after, filter.clone(), page);
+    let (mut events, mut end) = (Vec::new(), None);
+    while let Some(scanned) = pages.recv().await {
+        match scanned.unwrap() {
+            Scanned::Page(p) => {
+                assert!(end.is_none(), "a page after the end");
+                assert!(!p.is_empty() && p.len() <= page, "page of {}", p.len());
+                events.extend(p);
+            }
+            Scanned::End(next) => end = Some(next),
+        }
+    }
+    (events, end.expect("the scan says where it ended"))
+}
+
+/// A scan sends what paged reads return, in pages of the size asked for, with the filter
+/// applied in the database. It holds back what a transaction that took its id first has not
+/// committed yet (and everything behind it), and the scan from its end cursor picks that up:
+/// every event exactly once, in global order.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_scan_pages_everything_once_and_never_skips_a_late_commit(pool: PgPool) {
+    let store = store(&pool);
+    let notes = |n: usize, stream: &str| -> Vec<_> {
+        (0..n)
+            .map(|i| {
+                let mut event = memory("scan", stream, &format!("k{i}"));
+                event.ty = EventType::parse("plan.cancelled.v1").unwrap();
+                event.data = serde_json::json!({"plan_id": format!("p{i}"), "cancelled_by": "t"});
+                event
+            })
+            .collect()
+    };
+    for b in 0..5 {
+        let mut batch: Vec<_> = (0..50)
+            .map(|i| memory("scan", &format!("agent/b{b}"), &format!("k{i}")))
+            .collect();
+        if b % 2 == 0 {
+            batch.extend(notes(10, &format!("plan/b{b}")));
+        }
+        store.append(batch).await.unwrap();
+    }
+    let memory_only = ReadFilter {
+        types: Some(vec!["agent.memory.recorded.v1".to_owned()]),
+        ..ReadFilter::default()
+    };
+    let expected = read_n(&store, Cursor::START, &memory_only, 250).await.events;
+    assert_eq!(expected.len(), 250);
+
+    // A transaction takes its id now and appends later; two quick appends commit after it.
+    let mut early = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    for q in 0..2 {
+        store
+            .append(vec![memory("scan", "agent/quick", &format!("q{q}"))])
+            .await
+            .unwrap();
+    }
+    store
+        .append_in(&mut early, vec![memory("scan", "agent/slow", "s")])
+        .await
+        .unwrap();
+
+    let (first, end) = scan_all(&store, Cursor::START, &memory_only, 64).await;
+    assert_eq!(
+        first.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
+        expected.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
+        "the scan returns what the paged reads return, and nothing behind the open transaction"
+    );
+
+    early.commit().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut rest, mut cursor) = (Vec::new(), end);
+    while rest.len() < 3 && tokio::time::Instant::now() < deadline {
+        let (more, next) = scan_all(&store, cursor, &memory_only, 64).await;
+        rest.extend(more);
+        cursor = next;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let streams: Vec<&str> = rest.iter().map(|e| e.stream.as_str()).collect();
+    assert_eq!(
+        streams,
+        ["agent/slow", "agent/quick", "agent/quick"],
+        "the late commit comes first, then what waited behind it, once each"
+    );
+    let cursors: Vec<Cursor> = first.iter().chain(&rest).map(|e| e.cursor).collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "global order, no repeats"
+    );
 }
