@@ -405,6 +405,31 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Takes the repository's worktree lock (an exclusive `flock` on a file in its `.git`, held
+/// until the returned file is dropped), waiting in a blocking thread while another holds it.
+async fn lock_worktrees(repo: &Path) -> Result<std::fs::File, String> {
+    let git_dir = repo.join(".git");
+    let path = if git_dir.is_dir() {
+        git_dir.join("switchyard-worktrees.lock")
+    } else {
+        // The repository is itself a worktree (`.git` is a file): a lock beside it.
+        repo.with_extension("switchyard-worktrees.lock")
+    };
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        file.lock()
+            .map_err(|e| format!("locking {}: {e}", path.display()))?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| format!("waiting for the worktree lock: {e}"))?
+}
+
 /// Prepares the plan task's working directory; true when it is a git worktree.
 async fn prepare_tree(
     tree: &Path,
@@ -423,14 +448,20 @@ async fn prepare_tree(
     match repository {
         Some(repo) if repo.join(".git").exists() => {
             let target = tree.to_string_lossy().into_owned();
+            // One `worktree add` at a time per repository, across instances: git reads every
+            // other worktree's records while it adds one, and failed on another add's
+            // half-written ones ("failed to read .git/worktrees/t4/commondir", CI under load).
+            let lock = lock_worktrees(repo).await?;
             // `--force`: a worktree left registered by a run that died before its directory
             // existed is taken over. (Not `git worktree prune`: run beside another run's `add`,
             // it removes that worktree's half-made records.)
-            git(
+            let added = git(
                 repo,
                 &["worktree", "add", "--force", "--detach", &target, "HEAD"],
             )
-            .await?;
+            .await;
+            drop(lock);
+            added?;
             for commit in base_commits {
                 git(tree, &["merge", "--no-edit", "--quiet", commit])
                     .await

@@ -199,7 +199,9 @@ async fn a_scan_pages_everything_once_and_never_skips_a_late_commit(pool: PgPool
         types: Some(vec!["agent.memory.recorded.v1".to_owned()]),
         ..ReadFilter::default()
     };
-    let expected = read_n(&store, Cursor::START, &memory_only, 250).await.events;
+    let expected = read_n(&store, Cursor::START, &memory_only, 250)
+        .await
+        .events;
     assert_eq!(expected.len(), 250);
 
     // A transaction takes its id now and appends later; two quick appends commit after it.
@@ -222,7 +224,10 @@ async fn a_scan_pages_everything_once_and_never_skips_a_late_commit(pool: PgPool
     let (first, end) = scan_all(&store, Cursor::START, &memory_only, 64).await;
     assert_eq!(
         first.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
-        expected.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|e| e.id.to_string())
+            .collect::<Vec<_>>(),
         "the scan returns what the paged reads return, and nothing behind the open transaction"
     );
 
