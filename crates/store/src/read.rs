@@ -241,6 +241,8 @@ impl EventStore {
     /// How many visible events lie after `after`, counting up to `cap` (so that a lag query
     /// stays cheap however far behind a reader is).
     pub async fn lag(&self, after: Cursor, cap: i64) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        ordered_scans_only(&mut tx, true).await?;
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (
                  SELECT 1 FROM events
@@ -251,8 +253,9 @@ impl EventStore {
         .bind(after.transaction.to_string())
         .bind(after.position)
         .bind(cap)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(n)
     }
 }
@@ -566,13 +569,16 @@ async fn scan(
     Ok(())
 }
 
-/// Turns sorts and bitmap scans off on `conn`: for the current transaction (`local`), or for
-/// the session. A global read then walks the global-order index and reads no more than its
-/// page, even when the table's statistics are stale (see [`EventStore::read_all`]). For
+/// Turns sorts, bitmap scans and sequential scans off on `conn`: for the current transaction
+/// (`local`), or for the session. A global read then walks the global-order index and reads
+/// no more than its page, and a lag count only the range after its cursor, even when the
+/// table's statistics are stale (see [`EventStore::read_all`]; with a row count from when
+/// the table was small, a lag count of 0 scanned all of it: 30-70 ms at 100 000 events). For
 /// connections that only follow the store (the relay's own).
 pub async fn ordered_scans_only(conn: &mut PgConnection, local: bool) -> Result<()> {
     sqlx::query(
-        "SELECT set_config('enable_sort', 'off', $1), set_config('enable_bitmapscan', 'off', $1)",
+        "SELECT set_config('enable_sort', 'off', $1), set_config('enable_bitmapscan', 'off', $1),
+                set_config('enable_seqscan', 'off', $1)",
     )
     .bind(local)
     .execute(conn)

@@ -55,6 +55,10 @@ impl ServerOps {
     async fn head_and_count(&self) -> Result<(Option<i64>, i64), OpsError> {
         let mut counted = self.counted.lock().await;
         let (cursor, total) = *counted;
+        let mut tx = self.store.pool().begin().await.map_err(internal)?;
+        switchyard_store::ordered_scans_only(&mut tx, true)
+            .await
+            .map_err(internal)?;
         let (head, watermark, more): (Option<i64>, i64, i64) = sqlx::query_as(
             "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
              SELECT (SELECT max(position) FROM events), w.xmin::text::int8,
@@ -65,9 +69,10 @@ impl ServerOps {
         )
         .bind(cursor.transaction.to_string())
         .bind(cursor.position)
-        .fetch_one(self.store.pool())
+        .fetch_one(&mut *tx)
         .await
         .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
         let watermark = u64::try_from(watermark).unwrap_or_default();
         let next = Cursor {
             transaction: watermark.saturating_sub(1),
