@@ -188,6 +188,15 @@ impl Relay {
         // with stale statistics (a relay starting over from position 0 read every page
         // with a sort of the whole rest of the table).
         switchyard_store::ordered_scans_only(&mut lock, false).await?;
+        // Its checkpoint commits do not wait for the WAL flush (the appends' commits, which
+        // must, then share the disk with nothing of the relay's: a raw 100-row insert took
+        // 3.6 ms instead of 3.0 beside 1 200 small flushed commits a second, 3.1 beside
+        // unflushed ones). A checkpoint lost in a crash only means publishing its events
+        // again: JetStream drops them by `Nats-Msg-Id` within its window, and agents by their
+        // "handled" records after it.
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut lock)
+            .await?;
         self.active.store(true, Ordering::SeqCst);
         let result = self.relay(&mut lock, shutdown).await;
         self.active.store(false, Ordering::SeqCst);
