@@ -26,6 +26,20 @@ use switchyard_store::{EventStore, StoreConfig};
 use switchyard_testkit::{NatsServer, shared_nats_url, unique};
 use tokio_util::sync::CancellationToken;
 
+/// The manifest of a test agent `name` that subscribes to `retrospective.trigger.v1` and
+/// emits `retrospective.completed.v1`.
+fn trigger_to_completed(name: &str) -> Manifest {
+    Manifest {
+        produces: Vec::new(),
+        consumes: Vec::new(),
+        name: name.into(),
+        version: "1.0.0".into(),
+        capabilities: vec!["testing".into()],
+        subscribes: vec![EventType::parse("retrospective.trigger.v1").unwrap()],
+        emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
+    }
+}
+
 /// Answers each `retrospective.trigger.v1` with a `retrospective.completed.v1`; fails on
 /// triggers whose id starts with `poison` until it is fixed; tries to emit an undeclared type
 /// for ids starting with `rogue`.
@@ -38,15 +52,7 @@ struct Echo {
 impl Echo {
     fn new() -> Arc<Self> {
         Arc::new(Self {
-            manifest: Manifest {
-                produces: Vec::new(),
-                consumes: Vec::new(),
-                name: "echo".into(),
-                version: "1.0.0".into(),
-                capabilities: vec!["testing".into()],
-                subscribes: vec![EventType::parse("retrospective.trigger.v1").unwrap()],
-                emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
-            },
+            manifest: trigger_to_completed("echo"),
             fixed: AtomicBool::new(false),
             handled: AtomicUsize::new(0),
         })
@@ -523,15 +529,7 @@ async fn a_failed_pull_beside_a_long_run_neither_drops_nor_strands_it(pool: PgPo
     let setup = Setup::new(&pool).await;
     let ty = EventType::parse("retrospective.trigger.v1").unwrap();
     let agent = Arc::new(Slow {
-        manifest: Manifest {
-            produces: Vec::new(),
-            consumes: Vec::new(),
-            name: "slow".into(),
-            version: "1.0.0".into(),
-            capabilities: vec!["testing".into()],
-            subscribes: vec![ty.clone()],
-            emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
-        },
+        manifest: trigger_to_completed("slow"),
         seconds: 3,
         started: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
@@ -647,15 +645,7 @@ async fn racing_batches_under_a_shared_lock_never_deadlock(pool: PgPool) {
     let setup = Setup::new(&pool).await;
     let ledger = || {
         Arc::new(Ledger {
-            manifest: Manifest {
-                produces: Vec::new(),
-                consumes: Vec::new(),
-                name: "ledger".into(),
-                version: "1.0.0".into(),
-                capabilities: vec!["testing".into()],
-                subscribes: vec![EventType::parse("retrospective.trigger.v1").unwrap()],
-                emits: vec![EventType::parse("retrospective.completed.v1").unwrap()],
-            },
+            manifest: trigger_to_completed("ledger"),
             hold: Duration::from_millis(60),
             errors: std::sync::Mutex::new(Vec::new()),
         })
