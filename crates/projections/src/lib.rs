@@ -331,7 +331,7 @@ impl ProjectionRunner {
             return Ok(advanced);
         }
         let mut tx = conn.begin().await?;
-        lock(&mut tx, name).await?;
+        lock_unflushed(&mut tx, name).await?;
         // Another instance may have applied this page meanwhile: apply only from where the
         // checkpoint stands now, under the lock.
         let (now, _) = checkpoint(&mut *tx, name).await?;
@@ -466,6 +466,23 @@ impl ProjectionRunner {
     }
 }
 
+/// [`lock`], in a transaction whose commit does not wait for the WAL flush: a live step's.
+/// Its tables and checkpoint commit together, so a crash that loses the commit loses both,
+/// and the projection applies those events again from the checkpoint before them. The
+/// appends' own commits, which must wait for the flush, then share the disk with fewer
+/// flushes (a raw 100-row insert took 3.6 ms instead of 3.0 beside 1 200 small flushed
+/// commits a second).
+async fn lock_unflushed(tx: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)),
+                set_config('synchronous_commit', 'off', true)",
+    )
+    .bind(lock_key(name))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn lock(tx: &mut PgConnection, name: &str) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(lock_key(name))
@@ -560,9 +577,13 @@ where
 /// lock: it only ever moves the checkpoint forward, so neither another instance that applied
 /// further meanwhile nor a rebuild's swap is undone (there was nothing to apply up to `to`).
 async fn skip_to(conn: &mut PgConnection, name: &str, to: Cursor) -> Result<()> {
+    // One statement, whose commit does not wait for the WAL flush (`set_config(…, true)`
+    // lasts until the end of the statement's own transaction): a skip lost in a crash is only
+    // read and skipped again.
     sqlx::query(
-        "INSERT INTO projection_checkpoints (name, transaction_id, position, applied, updated_at)
-         VALUES ($1, $2, $3, 0, now())
+        "WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting)
+         INSERT INTO projection_checkpoints (name, transaction_id, position, applied, updated_at)
+         SELECT $1, $2, $3, 0, now() FROM unflushed
          ON CONFLICT (name) DO UPDATE SET transaction_id = $2, position = $3, updated_at = now()
          WHERE (projection_checkpoints.transaction_id, projection_checkpoints.position) < ($2, $3)",
     )
