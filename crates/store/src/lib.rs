@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 pub use append::Appended;
 pub use error::{Error, Result};
 pub use read::{
-    Page, ReadFilter, Scanned, TIMELINE_WINDOW, TimelineFilter, TimelinePage, Wakeups,
+    Counted, Page, ReadFilter, Scanned, TIMELINE_WINDOW, TimelineFilter, TimelinePage, Wakeups,
     ordered_scans_only,
 };
 

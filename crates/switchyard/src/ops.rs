@@ -55,31 +55,9 @@ impl ServerOps {
     async fn head_and_count(&self) -> Result<(Option<i64>, i64), OpsError> {
         let mut counted = self.counted.lock().await;
         let (cursor, total) = *counted;
-        let mut tx = self.store.pool().begin().await.map_err(internal)?;
-        switchyard_store::ordered_scans_only(&mut tx, true)
-            .await
-            .map_err(internal)?;
-        let (head, watermark, more): (Option<i64>, i64, i64) = sqlx::query_as(
-            "WITH w AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-             SELECT (SELECT max(position) FROM events), w.xmin::text::int8,
-                    (SELECT count(*) FROM events
-                     WHERE (transaction_id, position) > ($1::text::xid8, $2)
-                       AND transaction_id < w.xmin)
-             FROM w",
-        )
-        .bind(cursor.transaction.to_string())
-        .bind(cursor.position)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        let watermark = u64::try_from(watermark).unwrap_or_default();
-        let next = Cursor {
-            transaction: watermark.saturating_sub(1),
-            position: i64::MAX,
-        };
-        *counted = (cursor.max(next), total + more);
-        Ok((head, total + more))
+        let found = self.store.count_after(cursor).await.map_err(internal)?;
+        *counted = (found.next, total + found.events);
+        Ok((found.head, total + found.events))
     }
 
     /// The consumers' figures, at most [`CONSUMERS_TTL`] old, and their age.

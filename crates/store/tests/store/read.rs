@@ -252,3 +252,61 @@ async fn a_scan_pages_everything_once_and_never_skips_a_late_commit(pool: PgPool
         "global order, no repeats"
     );
 }
+
+/// A running count: each count goes on from the last one's cursor, counts what became
+/// visible since, once, and leaves out what an older open transaction holds back until it
+/// commits.
+#[sqlx::test(migrator = "switchyard_store::MIGRATOR")]
+async fn a_running_count_counts_each_visible_event_once(pool: PgPool) {
+    let store = store(&pool);
+    let batch = |from: usize, n: usize| -> Vec<_> {
+        (from..from + n)
+            .map(|i| memory("count", "agent/c", &format!("k{i}")))
+            .collect()
+    };
+    store.append(batch(0, 30)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut first = store.count_after(Cursor::START).await.unwrap();
+    let mut total = first.events;
+    while total < 30 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        first = store.count_after(first.next).await.unwrap();
+        total += first.events;
+    }
+    assert_eq!(total, 30);
+    let stored_head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(first.head, Some(stored_head));
+
+    // An older transaction appends last: the quick appends behind it wait with it.
+    let mut early = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    store.append(batch(30, 5)).await.unwrap();
+    store
+        .append_in(&mut early, vec![memory("count", "agent/slow", "s")])
+        .await
+        .unwrap();
+    let held = store.count_after(first.next).await.unwrap();
+    assert_eq!(
+        held.events, 0,
+        "nothing behind the open transaction is counted yet"
+    );
+    early.commit().await.unwrap();
+    let (mut cursor, mut more) = (held.next, 0);
+    while more < 6 && tokio::time::Instant::now() < deadline {
+        let counted = store.count_after(cursor).await.unwrap();
+        more += counted.events;
+        cursor = counted.next;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        more, 6,
+        "the late commit and what waited behind it, once each"
+    );
+    assert_eq!(store.count_after(cursor).await.unwrap().events, 0);
+}
